@@ -1,0 +1,182 @@
+"""Backends that reach the model services over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import grpc
+
+from services.orchestrator.backends import (
+    BackendError,
+    CallIds,
+    LLMDelta,
+    LLMDone,
+    LLMFacts,
+    MediaPiece,
+    PromptPiece,
+    SpeechAudio,
+    SpeechDone,
+    SpeechEvent,
+    SpeechSegmentDone,
+    StageTime,
+    TokenPiece,
+)
+from shared.tensors import to_proto
+from shared.weights_info import describe as describe_weights
+from vita.common.v1 import common_pb2
+from vita.llm.v1 import llm_pb2, llm_pb2_grpc
+from vita.speech.v1 import speech_pb2, speech_pb2_grpc
+
+
+def call_context(ids: CallIds) -> common_pb2.CallContext:
+    ctx = common_pb2.CallContext(session_id=ids.session_id, turn_id=ids.turn_id)
+    if ids.seed is not None:
+        ctx.seed = ids.seed
+    return ctx
+
+
+def stage_times(timings) -> tuple[StageTime, ...]:
+    return tuple(StageTime(t.stage, t.queue_ns, t.compute_ns) for t in timings)
+
+
+def backend_error(service: str, error: grpc.aio.AioRpcError) -> BackendError:
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return BackendError("UNAVAILABLE", f"the {service} service is unavailable; try again shortly")
+    if code == grpc.StatusCode.INTERNAL:
+        # Internal details stay in the service's log (DESIGN rule 8).
+        return BackendError("INTERNAL", f"the {service} service failed")
+    return BackendError(code.name, error.details() or f"{service} call failed")
+
+
+async def wait_connected(channel: grpc.aio.Channel, service: str, timeout_s: float) -> None:
+    """Fails fast with UNAVAILABLE instead of letting a call hang on a dead address."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout_s)
+    except asyncio.TimeoutError:
+        raise BackendError("UNAVAILABLE", f"the {service} service is unavailable; try again shortly") from None
+
+
+class GrpcLLM:
+    def __init__(self, channel: grpc.aio.Channel, connect_timeout_s: float):
+        self._channel = channel
+        self._stub = llm_pb2_grpc.LLMStub(channel)
+        self._connect_timeout_s = connect_timeout_s
+
+    async def describe(self) -> LLMFacts:
+        await wait_connected(self._channel, "llm", self._connect_timeout_s)
+        try:
+            reply = await self._stub.Describe(llm_pb2.DescribeRequest(), timeout=self._connect_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("llm", error) from None
+        return LLMFacts(
+            max_context_tokens=reply.max_context_tokens,
+            hidden_size=reply.hidden_size,
+            eos_token_id=reply.eos_token_id,
+            weights=describe_weights(reply.weights),
+        )
+
+    async def release_session(self, session_id: str) -> None:
+        try:
+            await self._stub.ReleaseSession(
+                llm_pb2.ReleaseSessionRequest(ctx=common_pb2.CallContext(session_id=session_id)),
+                timeout=self._connect_timeout_s,
+            )
+        except grpc.aio.AioRpcError:
+            pass  # a cache entry only: it ages out of the LRU anyway
+
+    async def generate(
+        self, ids: CallIds, prompt: list[PromptPiece], *, max_new_tokens: int, temperature: float, top_p: float
+    ) -> AsyncIterator[LLMDelta | LLMDone]:
+        request = llm_pb2.GenerateRequest(
+            ctx=call_context(ids),
+            segments=[_segment(piece) for piece in prompt],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        await wait_connected(self._channel, "llm", self._connect_timeout_s)
+        call = self._stub.Generate(request)
+        try:
+            async for response in call:
+                if response.HasField("delta"):
+                    yield LLMDelta(tuple(response.delta.token_ids), response.delta.text)
+                else:
+                    done = response.done
+                    yield LLMDone(
+                        finish_reason=done.finish_reason,
+                        prompt_tokens=done.prompt_tokens,
+                        cached_tokens=done.cached_tokens,
+                        prefilled_tokens=done.prefilled_tokens,
+                        generated_tokens=done.generated_tokens,
+                        timings=stage_times(done.timings),
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("llm", error) from None
+        finally:
+            call.cancel()
+
+
+def _segment(piece: PromptPiece) -> llm_pb2.Segment:
+    if isinstance(piece, TokenPiece):
+        return llm_pb2.Segment(tokens=llm_pb2.TokenIds(ids=piece.ids))
+    span = llm_pb2.EmbeddingSpan(content_id=piece.content_id, num_rows=piece.num_rows)
+    if piece.rows is not None:
+        span.rows.CopyFrom(to_proto(piece.rows))
+    return llm_pb2.Segment(embeddings=span)
+
+
+class GrpcSpeechStream:
+    def __init__(self, call):
+        self._call = call
+
+    async def push(self, index: int, text: str) -> None:
+        try:
+            await self._call.write(speech_pb2.SynthesizeRequest(segment=speech_pb2.TextSegment(index=index, text=text)))
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("speech", error) from None
+
+    async def end(self) -> None:
+        try:
+            await self._call.done_writing()
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("speech", error) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def events(self) -> AsyncIterator[SpeechEvent]:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    return
+                kind = response.WhichOneof("event")
+                if kind == "audio":
+                    yield SpeechAudio(response.audio.pcm, response.audio.sample_rate_hz, response.audio.segment_index)
+                elif kind == "segment_done":
+                    done = response.segment_done
+                    yield SpeechSegmentDone(
+                        done.segment_index, done.codec_tokens, done.finish_reason, stage_times(done.timings)
+                    )
+                elif kind == "done":
+                    yield SpeechDone(response.done.reason)
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("speech", error) from None
+
+
+class GrpcSpeech:
+    def __init__(self, channel: grpc.aio.Channel, connect_timeout_s: float):
+        self._channel = channel
+        self._stub = speech_pb2_grpc.SpeechStub(channel)
+        self._connect_timeout_s = connect_timeout_s
+
+    async def open(self, ids: CallIds) -> GrpcSpeechStream:
+        await wait_connected(self._channel, "speech", self._connect_timeout_s)
+        call = self._stub.Synthesize()
+        try:
+            await call.write(speech_pb2.SynthesizeRequest(start=speech_pb2.SynthesisStart(ctx=call_context(ids))))
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("speech", error) from None
+        return GrpcSpeechStream(call)

@@ -1,0 +1,55 @@
+"""Cuts streamed reply text into speech segments while the LLM is still writing (spec §5.4).
+
+The rule depends only on the text, never on how it was split into deltas, so the distributed stack and
+the in-process run cut the same segments and, with a seed, speak identical audio.
+"""
+
+from __future__ import annotations
+
+from shared.tokenizer import STATE_SYMBOLS
+
+# The reference server's break characters (spec §5.4 step 3).
+BREAK_CHARS = frozenset(",，.。?？!！、\n")
+
+
+class Segmenter:
+    def __init__(self, first_max_chars: int, min_chars: int, max_chars: int):
+        self._first_max_chars = first_max_chars
+        self._min_chars = min_chars
+        self._max_chars = max_chars
+        self._buffer: list[str] = []
+        self._emitted = 0
+
+    def push(self, text: str) -> list[str]:
+        """Adds reply text; returns the segments completed by it."""
+        segments = []
+        for char in text:
+            if char in STATE_SYMBOLS:
+                continue
+            self._buffer.append(char)
+            if self._should_cut(char):
+                segment = self._take()
+                if segment:
+                    segments.append(segment)
+        return segments
+
+    def flush(self) -> list[str]:
+        """The unpunctuated tail at the end of the reply: spoken too (the reference drops it)."""
+        segment = self._take()
+        return [segment] if segment else []
+
+    def _should_cut(self, char: str) -> bool:
+        length = len(self._buffer)
+        first = self._emitted == 0
+        if char in BREAK_CHARS:
+            # The first segment ends at the first mark, however short: first audio starts early.
+            return first or length >= self._min_chars
+        limit = self._first_max_chars if first else self._max_chars
+        return length >= limit and (char.isspace() or length >= limit + 20)
+
+    def _take(self) -> str:
+        text = "".join(self._buffer).strip()
+        self._buffer.clear()
+        if text:
+            self._emitted += 1
+        return text

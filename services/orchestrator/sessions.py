@@ -1,0 +1,136 @@
+"""Sessions, history and turn locks in Redis. Everything a restarted orchestrator needs is here.
+
+Keys (all expire `session_ttl_s` after the session's last turn):
+  vita:{tenant}:session:{id}   SessionRecord JSON
+  vita:{tenant}:history:{id}   list of TurnRecord JSON, oldest first
+  vita:{tenant}:turn:{id}      id of the running turn (a lock with a short, refreshed TTL)
+  vita:{tenant}:blob:{sha256}  media bytes referenced by history (re-encoding after a cache miss)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import redis.asyncio as redis
+
+from services.orchestrator import metrics
+from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
+
+# Release the lock only if we still own it (a crashed owner's lock may have been re-taken).
+_RELEASE_IF_OWNER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+_REFRESH_IF_OWNER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end
+"""
+
+
+class SessionNotFound(LookupError):
+    pass
+
+
+class TurnInProgress(RuntimeError):
+    def __init__(self, running_turn_id: str):
+        super().__init__(running_turn_id)
+        self.running_turn_id = running_turn_id
+
+
+@asynccontextmanager
+async def _timed(operation: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
+
+
+class SessionStore:
+    def __init__(self, client: redis.Redis, session_ttl_s: int, turn_lock_ttl_s: float):
+        self._redis = client
+        self._ttl_s = session_ttl_s
+        self._lock_ttl_ms = int(turn_lock_ttl_s * 1000)
+
+    @classmethod
+    def from_url(cls, url: str, session_ttl_s: int, turn_lock_ttl_s: float) -> "SessionStore":
+        return cls(redis.Redis.from_url(url), session_ttl_s, turn_lock_ttl_s)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        async with _timed("ping"):
+            await self._redis.ping()
+
+    @staticmethod
+    def _key(tenant: str, kind: str, session_id: str) -> str:
+        return f"vita:{tenant}:{kind}:{session_id}"
+
+    async def create(self, tenant: str, config: SessionSettings) -> SessionRecord:
+        record = SessionRecord(
+            session_id=uuid.uuid4().hex, tenant=tenant, created_unix_ms=int(time.time() * 1000), config=config
+        )
+        async with _timed("create"):
+            await self._redis.set(self._key(tenant, "session", record.session_id), record.model_dump_json(), ex=self._ttl_s)
+        return record
+
+    async def get(self, tenant: str, session_id: str) -> SessionRecord:
+        async with _timed("get"):
+            raw = await self._redis.get(self._key(tenant, "session", session_id))
+        if raw is None:
+            raise SessionNotFound(session_id)
+        return SessionRecord.model_validate_json(raw)
+
+    async def history(self, tenant: str, session_id: str) -> list[TurnRecord]:
+        async with _timed("history"):
+            items = await self._redis.lrange(self._key(tenant, "history", session_id), 0, -1)
+        return [TurnRecord.model_validate_json(item) for item in items]
+
+    async def running_turn(self, tenant: str, session_id: str) -> str:
+        async with _timed("get"):
+            raw = await self._redis.get(self._key(tenant, "turn", session_id))
+        return raw.decode() if raw else ""
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        keys = [self._key(tenant, kind, session_id) for kind in ("session", "history", "turn")]
+        async with _timed("delete"):
+            removed = await self._redis.delete(*keys)
+        return removed > 0
+
+    async def append_turn(self, tenant: str, session_id: str, turn: TurnRecord) -> None:
+        keys = [self._key(tenant, kind, session_id) for kind in ("session", "history")]
+        async with _timed("append_turn"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(keys[1], turn.model_dump_json())
+                for key in keys:
+                    pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+
+    async def acquire_turn(self, tenant: str, session_id: str, turn_id: str) -> None:
+        """Marks a turn as running; raises TurnInProgress if another one is (any orchestrator replica)."""
+        key = self._key(tenant, "turn", session_id)
+        async with _timed("lock"):
+            taken = await self._redis.set(key, turn_id, nx=True, px=self._lock_ttl_ms)
+            if taken:
+                return
+            owner = await self._redis.get(key)
+        raise TurnInProgress(owner.decode() if owner else "")
+
+    async def refresh_turn(self, tenant: str, session_id: str, turn_id: str) -> None:
+        async with _timed("lock"):
+            await self._redis.eval(_REFRESH_IF_OWNER, 1, self._key(tenant, "turn", session_id), turn_id, self._lock_ttl_ms)
+
+    async def release_turn(self, tenant: str, session_id: str, turn_id: str) -> None:
+        async with _timed("lock"):
+            await self._redis.eval(_RELEASE_IF_OWNER, 1, self._key(tenant, "turn", session_id), turn_id)
+
+    async def put_blob(self, tenant: str, content_id: str, data: bytes) -> str:
+        key = f"vita:{tenant}:blob:{content_id}"
+        async with _timed("put_blob"):
+            await self._redis.set(key, data, ex=self._ttl_s)
+        return key
+
+    async def get_blob(self, key: str) -> bytes | None:
+        async with _timed("get_blob"):
+            return await self._redis.get(key)

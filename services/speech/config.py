@@ -1,0 +1,23 @@
+"""Speech service settings (VITA_SPEECH_*)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SpeechSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VITA_SPEECH_", extra="ignore")
+
+    # Streams whose AR steps run in one batch.
+    max_batch_size: int = 16
+    # Spec §5.4: first segment of a reply decodes windows of 20 new tokens, later ones 40, with 10 tokens
+    # of context on each side.
+    first_chunk_tokens: int = 20
+    chunk_tokens: int = 40
+    context_tokens: int = 10
+    # Runaway guard: a segment of n text tokens stops after 25·n codec tokens (0.6 s of speech per text
+    # token; real speech needs ~0.1-0.3 s) and never after more than max_codec_tokens (25 s).
+    codec_tokens_per_text_token: int = 25
+    max_codec_tokens: int = 1000
+    # Longest text segment accepted, in characters (the orchestrator cuts segments far shorter).
+    max_segment_chars: int = 2000

@@ -1,0 +1,30 @@
+"""Client channels to model services, spread over replicas with client-side round_robin."""
+
+from __future__ import annotations
+
+import grpc
+
+from shared.grpc_server import channel_options
+
+
+def grpc_target(address: str) -> str:
+    """"h:p" → as is; "h1:p1,h2:p2" → an ipv4 list target; "dns:///name:port" and other URIs → as is.
+
+    A Kubernetes headless Service name under dns:/// resolves to every ready pod, so round_robin spreads
+    calls over all replicas and drops one that dies.
+    """
+    address = address.strip()
+    if "," in address:
+        return "ipv4:" + ",".join(part.strip() for part in address.split(","))
+    return address
+
+
+def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        *channel_options(max_message_bytes),
+        ("grpc.lb_policy_name", "round_robin"),
+        # Reconnect quickly to a replica that restarts; the default backoff grows to minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    return grpc.aio.insecure_channel(grpc_target(address), options=options)

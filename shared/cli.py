@@ -1,0 +1,142 @@
+"""The `vita` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+SERVICES = ("llm", "speech", "audio", "vision", "orchestrator")
+
+
+def cmd_serve(args) -> int:
+    overrides = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.preset is not None:
+        overrides["preset"] = args.preset
+    if args.checkpoint is not None:
+        overrides["checkpoint"] = args.checkpoint
+    importlib.import_module(f"services.{args.service}.__main__").main(**overrides)
+    return 0
+
+
+def _stack_config(args, log_dir: Path | None):
+    from shared.launcher import StackConfig
+
+    return StackConfig(
+        preset=args.preset,
+        public_host=args.host,
+        public_port=args.port,
+        checkpoint=args.checkpoint,
+        log_dir=log_dir,
+    )
+
+
+def cmd_up(args) -> int:
+    from shared.launcher import Stack
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stack = Stack(_stack_config(args, Path(args.log_dir) if args.log_dir else None))
+    print(f"starting the {args.preset} stack (Redis, {', '.join(stack.config.services)}, orchestrator)...", flush=True)
+    with stack:
+        if not args.checkpoint:
+            print(f"serving seeded RANDOM weights of the {args.preset} preset: replies are noise, not VITA-1.5")
+        for name, service in stack.services.items():
+            print(f"  {name:<13} {service.address}  metrics :{service.metrics_port}")
+        print(f"  redis         {stack.redis_url}")
+        print(f"Assistant API on {stack.address}  (metrics :{stack.orchestrator.metrics_port})", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        stop.wait()
+        print("stopping...", flush=True)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from shared.chat import chat_main
+
+    return chat_main(args)
+
+
+def cmd_demo(args) -> int:
+    """Stack up, one text turn, reply WAV written, timings printed, stack stopped."""
+    import asyncio
+
+    from shared.chat import print_report, run_text_turn
+    from shared.launcher import Stack
+
+    log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="vita-demo-"))
+    print(f"starting the {args.preset} stack (logs in {log_dir})...", flush=True)
+    with Stack(_stack_config(args, log_dir)) as stack:
+        print(f"Assistant API on {stack.address}; sending: {args.text!r}", flush=True)
+        print("reply: ", end="", flush=True)
+        report = asyncio.run(
+            run_text_turn(stack.address, args.text, seed=args.seed, max_reply_tokens=args.max_reply_tokens,
+                          echo=lambda delta: print(delta, end="", flush=True))
+        )
+        print()
+        if report.errors:
+            for error in report.errors:
+                print(f"error (code {error.code}): {error.message}", file=sys.stderr)
+            return 1
+        print_report(report, Path(args.out))
+    print("stack stopped.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vita", description="vita-serve: real-time VITA-1.5 serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stack_args(p):
+        p.add_argument("--preset", default="tiny", choices=("tiny", "full"))
+        p.add_argument("--checkpoint", type=Path, default=None, help="official VITA-1.5 checkpoint directory")
+        p.add_argument("--host", default="127.0.0.1", help="address the Assistant API binds")
+        p.add_argument("--port", type=int, default=50051, help="Assistant API port (0 = any free port)")
+        p.add_argument("--log-dir", default=None, help="write each process's log here")
+
+    up = sub.add_parser("up", help="run the whole stack on this machine")
+    stack_args(up)
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one service (what a container runs)")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--preset", default=None, choices=("tiny", "full"))
+    serve.add_argument("--checkpoint", type=Path, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="send one turn to a running stack")
+    chat.add_argument("--address", default="127.0.0.1:50051")
+    chat.add_argument("--text", default="Hello! Who are you?")
+    chat.add_argument("--session", default=None, help="continue this session instead of creating one")
+    chat.add_argument("--api-key", default=None)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--max-reply-tokens", type=int, default=None)
+    chat.add_argument("--out", default="reply.wav", help="where the reply speech is written")
+    chat.set_defaults(func=cmd_chat)
+
+    demo = sub.add_parser("demo", help="stack up, one turn, reply WAV, timings, stack down")
+    stack_args(demo)
+    demo.set_defaults(port=0)
+    demo.add_argument("--text", default="Hello! Who are you? Tell me about yourself.")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--max-reply-tokens", type=int, default=64)
+    demo.add_argument("--out", default="reply.wav")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Runs one service as a `grpc.aio` server: health checking, reflection, /metrics, message limits,
+an announced address, and a graceful drain on SIGTERM.
+
+A service supplies a `ServiceApp`: it registers its servicers, loads its models (health says NOT_SERVING
+until then, so orchestrators and Kubernetes probes wait), and stops its engine after the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from shared.metrics import RpcMetrics
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "VITA_READY "
+
+
+class ServiceApp(Protocol):
+    name: str
+    metrics: RpcMetrics
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        """Adds the servicers; returns their full service names (for health and reflection)."""
+
+    async def load(self) -> None:
+        """Loads models and starts engines (off the event loop where it is slow)."""
+
+    async def close(self) -> None:
+        """Stops engines after in-flight calls drained."""
+
+
+class LoadingGate:
+    """Mixin for servicers registered before their models load: calls that arrive early get
+    UNAVAILABLE (retryable) instead of waiting on a half-built engine."""
+
+    _loaded = False
+
+    def open(self) -> None:
+        self._loaded = True
+
+    async def require_loaded(self, context) -> None:
+        if not self._loaded:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service is still loading its models")
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Keep idle streams alive through proxies; voice sessions sit idle between turns.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and final status, and times it, for all four call shapes."""
+
+    def __init__(self, metrics: RpcMetrics):
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        metrics = self._metrics
+
+        def finish(context, started: float, error: BaseException | None) -> None:
+            if isinstance(error, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+            elif error is not None and not isinstance(error, grpc.aio.AbortError):
+                code = grpc.StatusCode.INTERNAL
+            else:
+                code = context.code() or grpc.StatusCode.OK
+            metrics.calls.labels(method, code.name if isinstance(code, grpc.StatusCode) else str(code)).inc()
+            metrics.duration.labels(method).observe(time.perf_counter() - started)
+            metrics.active.labels(method).dec()
+
+        def wrap_unary(behaviour):
+            async def wrapped(request_or_iterator, context):
+                metrics.active.labels(method).inc()
+                started, error = time.perf_counter(), None
+                try:
+                    return await behaviour(request_or_iterator, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, started, error)
+
+            return wrapped
+
+        def wrap_stream(behaviour):
+            async def wrapped(request_or_iterator, context):
+                metrics.active.labels(method).inc()
+                started, error = time.perf_counter(), None
+                try:
+                    async for response in behaviour(request_or_iterator, context):
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, started, error)
+
+            return wrapped
+
+        common = dict(
+            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **common)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **common)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **common)
+        return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **common)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: list | None = None) -> None:
+    """Serves until SIGTERM/SIGINT, then drains for `settings.drain_seconds`."""
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    metrics_port = -1
+    if settings.metrics_port >= 0:
+        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
+        metrics_port = metrics_server.server_port
+
+    server = grpc.aio.server(
+        options=channel_options(settings.max_message_bytes),
+        interceptors=[MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
+    )
+    service_names = app.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+
+    async def set_status(status) -> None:
+        await health_servicer.set("", status)
+        for name in service_names:
+            await health_servicer.set(name, status)
+
+    await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    started = time.perf_counter()
+    await app.load()
+    app.metrics.model_load.set(time.perf_counter() - started)
+    await set_status(health_pb2.HealthCheckResponse.SERVING)
+    app.metrics.ready.set(1)
+    announcement = {"service": app.name, "address": f"{settings.host}:{port}", "metrics_port": metrics_port}
+    print(READY_PREFIX + json.dumps(announcement), flush=True)
+    log.info("%s serving on %s:%d (metrics on %d)", app.name, settings.host, port, metrics_port)
+
+    await stop.wait()
+    log.info("%s draining for up to %.1f s", app.name, settings.drain_seconds)
+    app.metrics.ready.set(0)
+    await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(settings.drain_seconds)
+    await app.close()
+    log.info("%s stopped", app.name)

@@ -1,0 +1,202 @@
+"""Runs the whole stack on this machine (`vita up`, the demo, the integration tests): a private Redis,
+then every model service as its own OS process in parallel, then the orchestrator; waits for SERVING on
+gRPC health; stops everything on exit, leaving no process behind."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.grpc_server import READY_PREFIX
+from shared.redis_server import LocalRedis
+
+MODEL_SERVICES = ("llm", "speech")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the launcher dies (even by SIGKILL), the child gets SIGTERM."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen
+    address: str = ""
+    metrics_port: int = -1
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def _watch_stdout(self) -> None:
+        for raw in self.process.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith(READY_PREFIX):
+                info = json.loads(line[len(READY_PREFIX):])
+                self.address, self.metrics_port = info["address"], info["metrics_port"]
+                self._ready.set()
+        self._ready.set()  # exited: unblock the waiter, which then sees no address
+
+    def wait_ready(self, timeout_s: float) -> None:
+        if not self._ready.wait(timeout_s) or not self.address:
+            code = self.process.poll()
+            state = f"exited with code {code}" if code is not None else f"not ready after {timeout_s:.0f} s"
+            raise RuntimeError(f"service {self.name} {state}; see its log")
+        check_serving(self.address, timeout_s)
+
+    def stop(self, timeout_s: float) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def check_serving(address: str, timeout_s: float) -> None:
+    """Asks gRPC health until it says SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{address} did not report SERVING in time")
+            time.sleep(0.1)
+
+
+@dataclass
+class StackConfig:
+    preset: str = "tiny"
+    services: tuple[str, ...] = MODEL_SERVICES
+    public_host: str = "127.0.0.1"
+    public_port: int = 0
+    checkpoint: Path | None = None
+    # Extra environment for every process (e.g. VITA_ORCH_API_KEYS); wins over the launcher's defaults.
+    env: dict[str, str] = field(default_factory=dict)
+    # Where each process's stderr goes; None = inherit the terminal.
+    log_dir: Path | None = None
+    start_timeout_s: float = 180.0
+    # Torch threads per model service: with several services on a 2-core machine, oversubscription hurts.
+    torch_threads: int = 1
+
+
+class Stack:
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.redis: LocalRedis | None = None
+        self.redis_url = ""
+        self.services: dict[str, ServiceProcess] = {}
+        self.orchestrator: ServiceProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return self.orchestrator.address if self.orchestrator else ""
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            VITA_PRESET=self.config.preset,
+            VITA_HOST="127.0.0.1",
+            VITA_PORT="0",
+            VITA_METRICS_PORT="0",
+            VITA_TORCH_THREADS=str(self.config.torch_threads),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.config.checkpoint is not None:
+            env["VITA_CHECKPOINT"] = str(self.config.checkpoint)
+        env.update(extra)
+        env.update(self.config.env)
+        return env
+
+    def spawn(self, name: str, env: dict[str, str]) -> ServiceProcess:
+        stderr = None
+        if self.config.log_dir is not None:
+            self.config.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = open(self.config.log_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            preexec_fn=_die_with_parent,
+        )
+        if stderr is not None:
+            stderr.close()
+        service = ServiceProcess(name, process)
+        threading.Thread(target=service._watch_stdout, name=f"{name}-stdout", daemon=True).start()
+        return service
+
+    def start(self) -> "Stack":
+        try:
+            self.redis_url = os.environ.get("REDIS_URL", "")
+            if not self.redis_url:
+                self.redis = LocalRedis()
+                self.redis_url = self.redis.start()
+            # Model services import torch and load weights: start them all at once.
+            for name in self.config.services:
+                self.services[name] = self.spawn(name, self._env())
+            # The orchestrator needs the services' addresses, so it starts once they announced them.
+            for service in self.services.values():
+                service.wait_ready(self.config.start_timeout_s)
+            self.orchestrator = self.spawn_orchestrator()
+            return self
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn_orchestrator(self, extra_env: dict[str, str] | None = None, port: int | None = None) -> ServiceProcess:
+        """An orchestrator wired to this stack's Redis and services (tests start extra ones: other API
+        keys, a dead service address, a restart); the caller stops it."""
+        addresses = {f"VITA_ORCH_{name.upper()}_ADDRESS": "" for name in ("audio", "vision")}
+        addresses.update(
+            {f"VITA_ORCH_{name.upper()}_ADDRESS": service.address for name, service in self.services.items()}
+        )
+        env = self._env(
+            VITA_HOST=self.config.public_host,
+            VITA_PORT=str(self.config.public_port if port is None else port),
+            VITA_ORCH_REDIS_URL=self.redis_url,
+            **addresses,
+        )
+        env.update(extra_env or {})
+        orchestrator = self.spawn("orchestrator", env)
+        try:
+            orchestrator.wait_ready(self.config.start_timeout_s)
+        except BaseException:
+            orchestrator.stop(5)
+            raise
+        return orchestrator
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.orchestrator is not None:
+            self.orchestrator.stop(timeout_s)
+        for service in self.services.values():
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in self.services.values():
+            service.stop(timeout_s)
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

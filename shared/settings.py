@@ -1,0 +1,62 @@
+"""Typed settings, parsed once at start-up (DESIGN rule 6): one settings class per service, each with its
+own environment prefix (VITA_LLM_, VITA_SPEECH_, ...), plus VITA_-prefixed settings every service shares.
+Nothing reads the environment at import time: each service's entry point builds its settings once.
+
+A service has two settings objects: `ServiceSettings` (VITA_*, shared by all services: preset, device,
+checkpoint...) and its own (VITA_LLM_*, VITA_SPEECH_*, ...) for its engine knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class ServiceSettings(BaseSettings):
+    """What every gRPC service process needs."""
+
+    model_config = SettingsConfigDict(env_prefix="VITA_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    # 0 = pick a free port; the bound port is announced on stdout (see shared.grpc_server).
+    port: int = 0
+    # Prometheus /metrics HTTP port; 0 = pick a free port, -1 = no metrics endpoint.
+    metrics_port: int = 0
+    preset: Literal["tiny", "full"] = "tiny"
+    # Official VITA-1.5 checkpoint directory; unset = seeded random weights of the preset.
+    checkpoint: Path | None = None
+    # "auto" = cuda if available, else cpu.
+    device: str = "auto"
+    # "auto" = bfloat16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Largest gRPC message accepted or sent, in bytes. Set on purpose: media embeddings are chunked below it.
+    max_message_bytes: int = 64 * MiB
+    # Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
+    drain_seconds: float = 10.0
+    # Torch intra-op threads; 0 = torch's default.
+    torch_threads: int = 0
+    # OTLP endpoint for traces, e.g. http://otel-collector:4317; unset = tracing off.
+    otlp_endpoint: str | None = None
+    log_level: str = "INFO"
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+__all__ = ["ServiceSettings", "MiB", "resolve_device", "resolve_dtype"]

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real Redis server, and the whole stack as real processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.launcher import Stack, StackConfig
+from shared.redis_server import LocalRedis
+
+
+def _child_pids() -> set[int]:
+    me = os.getpid()
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The ppid is the 2nd field after the parenthesised command name.
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                children.add(int(entry.name))
+    return children
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    with LocalRedis() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """LLM + speech services and an orchestrator on loopback, tiny preset, a private Redis."""
+    with Stack(StackConfig(log_dir=tmp_path_factory.mktemp("stack-logs"))) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fails a test that leaves child processes or asyncio tasks behind (session fixtures excepted)."""
+    before = _child_pids()
+    yield
+    leaked = _child_pids() - before
+    assert not leaked, f"test left child processes running: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+async def no_task_leaks():
+    before = set(asyncio.all_tasks())
+    yield
+    # Give cancelled tasks a few loop turns to finish their cleanup.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before
+        if t is not asyncio.current_task() and not t.done() and not _is_grpc_internal(t)
+    ]
+    assert not leaked, f"test left asyncio tasks running: {leaked}"
+
+
+def _is_grpc_internal(task: asyncio.Task) -> bool:
+    """grpc.aio finishes a call's status bookkeeping in its own task after the call object is gone."""
+    return "AioCall" in getattr(task.get_coro(), "__qualname__", "")
