@@ -118,11 +118,12 @@ def decode_pcm(data: bytes, encoding: PcmEncoding | str) -> np.ndarray:
     if encoding is PcmEncoding.PCM16:
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(WAVEFORM_SCALE)
     samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    _check_float_samples(samples)
+    validate_float_samples(samples)
     return samples
 
 
-def _check_float_samples(samples: np.ndarray) -> None:
+def validate_float_samples(samples: np.ndarray) -> None:
+    """Rejects NaN/inf and integer-scaled floats (`NonFiniteAudioError`)."""
     finite = np.isfinite(samples)
     if not finite.all():
         first_bad = int(np.argmin(finite))
@@ -206,7 +207,7 @@ def decode_audio_file(data: bytes) -> np.ndarray:
     if samples.shape[0] == 0:
         raise EmptyAudioError("the audio file contains no samples")
     channel0 = np.ascontiguousarray(samples[:, 0])
-    _check_float_samples(channel0)
+    validate_float_samples(channel0)
     return resample_to_model_rate(channel0, validate_sample_rate(sample_rate_hz))
 
 

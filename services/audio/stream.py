@@ -44,6 +44,7 @@ from services.audio.features import (
     parse_encoding,
     pcm16_to_float,
     to_pcm16,
+    validate_float_samples,
 )
 from services.audio.vad import VadConfig, VadDecision, VadDecisionKind, VadSegmenter
 
@@ -197,6 +198,8 @@ class AudioStream:
     def push_samples(self, samples: np.ndarray) -> list[AudioEvent]:
         """Adds float samples in [-1, 1] at the declared rate."""
         received_ns = time.perf_counter_ns()
+        samples = np.asarray(samples, dtype=np.float32)
+        validate_float_samples(samples)
         with self._lock:
             return self._accept(self._resampler.push(samples), received_ns)
 

@@ -132,3 +132,91 @@ class BackendError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+# ----- media encoders -----
+
+
+@dataclass(frozen=True)
+class EncodedMedia:
+    """LLM input rows of one image (all its tiles), video (all its frames) or audio clip."""
+
+    kind: str  # "image" | "video" | "audio"
+    rows: torch.Tensor  # [num_rows, hidden]
+    timings: tuple[StageTime, ...] = ()
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.rows.shape[0])
+
+
+class VisionBackend(Protocol):
+    async def encode_image(self, ids: CallIds, data: bytes, max_tiles: int) -> EncodedMedia: ...
+
+    async def encode_video(self, ids: CallIds, data: bytes) -> EncodedMedia: ...
+
+    async def encode_frames(self, ids: CallIds, frames: list[tuple[int, bytes]]) -> EncodedMedia: ...
+
+
+# Voice stream events (the audio service's VAD and encoder, per Converse stream).
+
+
+@dataclass(frozen=True)
+class VoiceSpeechStarted:
+    offset_ms: int
+
+
+@dataclass(frozen=True)
+class VoiceSpeechStopped:
+    offset_ms: int
+
+
+@dataclass(frozen=True)
+class VoiceUtterance:
+    index: int
+    clip: EncodedMedia
+    pcm16k: bytes
+    duration_ms: int
+    eos_to_ready_ns: int
+
+
+@dataclass(frozen=True)
+class VoiceDropped:
+    reason: str
+    duration_ms: int
+
+
+VoiceEvent = VoiceSpeechStarted | VoiceSpeechStopped | VoiceUtterance | VoiceDropped
+
+
+@dataclass(frozen=True)
+class VoiceFormat:
+    sample_rate_hz: int
+    encoding: str  # "pcm16" | "f32"
+
+
+@dataclass(frozen=True)
+class VadParameters:
+    enabled: bool
+    start_threshold: float
+    end_threshold: float
+    min_silence_ms: int
+    pre_roll_ms: int
+    min_utterance_ms: int
+    max_utterance_ms: int
+
+
+class VoiceStream(Protocol):
+    async def send(self, pcm: bytes) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    def events(self) -> AsyncIterator[VoiceEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class AudioBackend(Protocol):
+    async def open_stream(self, ids: CallIds, fmt: VoiceFormat, vad: VadParameters) -> VoiceStream: ...
+
+    async def encode_clip(self, ids: CallIds, pcm16k: bytes) -> EncodedMedia: ...

@@ -41,3 +41,8 @@ class OrchestratorSettings(BaseSettings):
     # Maximum media per turn (images + videos), and encoded bytes per media item.
     max_media_per_turn: int = 4
     max_media_bytes: int = 32 * 1024 * 1024
+    # Live camera: frames of the last seconds before a turn become its video; at most this many are kept.
+    camera_window_s: float = 4.0
+    max_camera_frames: int = 64
+    # Media embeddings kept in memory to restore a cold LLM cache without re-encoding.
+    embedding_cache_bytes: int = 256 * 1024 * 1024

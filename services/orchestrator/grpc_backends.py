@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import AsyncIterator
 
 import grpc
+import torch
 
 from services.orchestrator.backends import (
     BackendError,
     CallIds,
+    EncodedMedia,
     LLMDelta,
     LLMDone,
     LLMFacts,
@@ -21,12 +24,21 @@ from services.orchestrator.backends import (
     SpeechSegmentDone,
     StageTime,
     TokenPiece,
+    VadParameters,
+    VoiceDropped,
+    VoiceEvent,
+    VoiceFormat,
+    VoiceSpeechStarted,
+    VoiceSpeechStopped,
+    VoiceUtterance,
 )
-from shared.tensors import to_proto
+from shared.tensors import from_proto, to_proto
 from shared.weights_info import describe as describe_weights
+from vita.audio.v1 import audio_pb2, audio_pb2_grpc
 from vita.common.v1 import common_pb2
 from vita.llm.v1 import llm_pb2, llm_pb2_grpc
 from vita.speech.v1 import speech_pb2, speech_pb2_grpc
+from vita.vision.v1 import vision_pb2, vision_pb2_grpc
 
 
 def call_context(ids: CallIds) -> common_pb2.CallContext:
@@ -180,3 +192,123 @@ class GrpcSpeech:
         except grpc.aio.AioRpcError as error:
             raise backend_error("speech", error) from None
         return GrpcSpeechStream(call)
+
+
+# ----- media encoders -----
+
+
+async def _collect_embeddings(call, kind: str, service: str) -> EncodedMedia:
+    chunks, timings = [], ()
+    try:
+        async for chunk in call:
+            chunks.append(from_proto(chunk.embeddings))
+            if chunk.timings:
+                timings = stage_times(chunk.timings)
+    except grpc.aio.AioRpcError as error:
+        raise backend_error(service, error) from None
+    if not chunks:
+        raise BackendError("INTERNAL", f"the {service} service returned no embeddings")
+    return EncodedMedia(kind, torch.cat(chunks, dim=0), timings)
+
+
+class GrpcVision:
+    def __init__(self, channel: grpc.aio.Channel, connect_timeout_s: float):
+        self._channel = channel
+        self._stub = vision_pb2_grpc.VisionStub(channel)
+        self._connect_timeout_s = connect_timeout_s
+
+    async def encode_image(self, ids: CallIds, data: bytes, max_tiles: int) -> EncodedMedia:
+        await wait_connected(self._channel, "vision", self._connect_timeout_s)
+        request = vision_pb2.EncodeImageRequest(
+            ctx=call_context(ids), image=common_pb2.MediaBlob(data=data), max_tiles=max_tiles
+        )
+        return await _collect_embeddings(self._stub.EncodeImage(request), "image", "vision")
+
+    async def encode_video(self, ids: CallIds, data: bytes) -> EncodedMedia:
+        await wait_connected(self._channel, "vision", self._connect_timeout_s)
+        request = vision_pb2.EncodeVideoRequest(ctx=call_context(ids), video=common_pb2.MediaBlob(data=data))
+        return await _collect_embeddings(self._stub.EncodeVideo(request), "video", "vision")
+
+    async def encode_frames(self, ids: CallIds, frames: list[tuple[int, bytes]]) -> EncodedMedia:
+        await wait_connected(self._channel, "vision", self._connect_timeout_s)
+        request = vision_pb2.EncodeFramesRequest(
+            ctx=call_context(ids),
+            frames=[vision_pb2.CameraFrame(timestamp_ms=ts, jpeg=jpeg) for ts, jpeg in frames],
+        )
+        return await _collect_embeddings(self._stub.EncodeFrames(request), "video", "vision")
+
+
+_ENCODINGS = {"pcm16": audio_pb2.SAMPLE_ENCODING_PCM16, "f32": audio_pb2.SAMPLE_ENCODING_F32}
+
+
+class GrpcVoiceStream:
+    def __init__(self, call):
+        self._call = call
+
+    async def send(self, pcm: bytes) -> None:
+        try:
+            await self._call.write(audio_pb2.AudioInput(chunk=audio_pb2.PcmChunk(data=pcm)))
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("audio", error) from None
+
+    async def commit(self) -> None:
+        try:
+            await self._call.write(audio_pb2.AudioInput(commit=audio_pb2.Commit()))
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("audio", error) from None
+
+    def close(self) -> None:
+        self._call.cancel()
+
+    async def events(self) -> AsyncIterator[VoiceEvent]:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    return
+                kind = response.WhichOneof("event")
+                if kind == "speech_started":
+                    yield VoiceSpeechStarted(response.speech_started.offset_ms)
+                elif kind == "speech_stopped":
+                    yield VoiceSpeechStopped(response.speech_stopped.offset_ms)
+                elif kind == "utterance":
+                    u = response.utterance
+                    clip = EncodedMedia("audio", from_proto(u.embeddings), stage_times(u.timings))
+                    yield VoiceUtterance(u.index, clip, u.pcm16k, u.duration_ms, u.eos_to_ready_ns)
+                elif kind == "dropped":
+                    yield VoiceDropped(response.dropped.reason, response.dropped.duration_ms)
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("audio", error) from None
+
+
+class GrpcAudio:
+    def __init__(self, channel: grpc.aio.Channel, connect_timeout_s: float):
+        self._channel = channel
+        self._stub = audio_pb2_grpc.AudioStub(channel)
+        self._connect_timeout_s = connect_timeout_s
+
+    async def open_stream(self, ids: CallIds, fmt: VoiceFormat, vad: VadParameters) -> GrpcVoiceStream:
+        await wait_connected(self._channel, "audio", self._connect_timeout_s)
+        call = self._stub.StreamAudio()
+        start = audio_pb2.StreamStart(
+            ctx=call_context(ids),
+            format=audio_pb2.AudioFormat(sample_rate_hz=fmt.sample_rate_hz, encoding=_ENCODINGS[fmt.encoding]),
+            vad=audio_pb2.VadConfig(**dataclasses.asdict(vad)),
+        )
+        try:
+            await call.write(audio_pb2.AudioInput(start=start))
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("audio", error) from None
+        return GrpcVoiceStream(call)
+
+    async def encode_clip(self, ids: CallIds, pcm16k: bytes) -> EncodedMedia:
+        await wait_connected(self._channel, "audio", self._connect_timeout_s)
+        request = audio_pb2.EncodeClipRequest(
+            ctx=call_context(ids), pcm=pcm16k,
+            format=audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=audio_pb2.SAMPLE_ENCODING_PCM16),
+        )
+        try:
+            reply = await self._stub.EncodeClip(request)
+        except grpc.aio.AioRpcError as error:
+            raise backend_error("audio", error) from None
+        return EncodedMedia("audio", from_proto(reply.embeddings), stage_times(reply.timings))

@@ -42,6 +42,7 @@ class MediaRef(BaseModel):
     num_rows: int  # LLM positions it occupies
     blob_key: str = ""  # Redis key of the stored bytes (re-encoding after a cache miss)
     max_tiles: int = 1
+    source: str = ""  # how to re-encode: "image" | "video" | "frames" (camera) | "audio"
 
 
 class TurnRecord(BaseModel):

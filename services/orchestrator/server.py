@@ -12,7 +12,8 @@ from services.orchestrator.auth import ApiKeys
 from services.orchestrator.backends import BackendError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.conversation import CLOSE, Conversation, ConversationDeps
-from services.orchestrator.grpc_backends import GrpcLLM, GrpcSpeech
+from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
+from services.orchestrator.media import MediaLibrary
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord, VadSettings
@@ -157,6 +158,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first client event must be `start`")
         record = await self._session_or_abort(tenant, first.start.session_id, context)
         conversation = Conversation(self._deps, tenant, record)
+        conversation.configure_input(first.start)
         history = await self._deps.store.history(tenant, record.session_id)
         running = await self._deps.store.running_turn(tenant, record.session_id)
         yield conversation.event(
@@ -186,12 +188,18 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
                 kind = event.WhichOneof("event")
                 if kind == "turn":
                     conversation.start_text_turn(event.turn)
+                elif kind == "audio":
+                    await conversation.append_audio(event.audio.data)
+                elif kind == "audio_commit":
+                    await conversation.commit_audio(event.audio_commit)
+                elif kind == "camera_frame":
+                    conversation.add_camera_frame(event.camera_frame)
                 elif kind == "cancel":
                     conversation.cancel_turn(event.cancel.turn_id)
                 elif kind == "start":
                     conversation.send_error("", "INVALID_ARGUMENT", "`start` may only be the first event")
                 else:
-                    conversation.send_error("", "FAILED_PRECONDITION", f"`{kind}` input is not served by this deployment yet")
+                    conversation.send_error("", "INVALID_ARGUMENT", "empty client event")
             # The client half-closed: finish the running turn, then end the stream.
             await conversation.wait_idle()
         except asyncio.CancelledError:
@@ -229,6 +237,15 @@ class OrchestratorApp:
         self._channels = [llm_channel, speech_channel]
         llm = GrpcLLM(llm_channel, settings.connect_timeout_s)
         speech = GrpcSpeech(speech_channel, settings.connect_timeout_s)
+        vision = audio = None
+        if settings.vision_address:
+            vision_channel = open_channel(settings.vision_address, self._common.max_message_bytes)
+            self._channels.append(vision_channel)
+            vision = GrpcVision(vision_channel, settings.connect_timeout_s)
+        if settings.audio_address:
+            audio_channel = open_channel(settings.audio_address, self._common.max_message_bytes)
+            self._channels.append(audio_channel)
+            audio = GrpcAudio(audio_channel, settings.connect_timeout_s)
         facts = await self._wait_for(llm)
         tokenizer = await asyncio.to_thread(
             lambda: QwenTokenizer.from_dir(self._common.checkpoint) if self._common.checkpoint else QwenTokenizer.from_dir()
@@ -241,6 +258,8 @@ class OrchestratorApp:
                 pipeline=ReplyPipeline(llm, speech, tokenizer.special, limits),
                 prompts=PromptBuilder(tokenizer),
                 llm_facts=facts,
+                media=MediaLibrary(self._store, vision, audio, settings.embedding_cache_bytes),
+                audio=audio,
             )
         )
 
