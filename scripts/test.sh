@@ -9,6 +9,8 @@ if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v 
 fi
 scripts/setup.sh
 . .venv/bin/activate
+# Tests run servers beside each other on few cores: OpenMP workers must not spin while they wait.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 set +e
 python -m pytest -q -p no:cacheprovider "$@"
 status=$?

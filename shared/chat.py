@@ -42,17 +42,48 @@ def metadata_for(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
-async def run_text_turn(
+AUDIO_CHUNK_MS = 40
+
+
+@dataclass
+class SpokenInput:
+    """An audio file as PCM16 mono at its own rate (the server resamples)."""
+
+    pcm: bytes
+    sample_rate_hz: int
+
+    @classmethod
+    def from_file(cls, path: Path) -> "SpokenInput":
+        import numpy as np
+        import soundfile
+
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        mono = np.clip(samples[:, 0], -1.0, 1.0)
+        return cls((mono * 32767.0).astype("<i2").tobytes(), int(rate))
+
+    def chunks(self):
+        step = self.sample_rate_hz * AUDIO_CHUNK_MS // 1000 * 2
+        for offset in range(0, len(self.pcm), step):
+            yield self.pcm[offset : offset + step]
+
+
+async def run_turn(
     address: str,
-    text: str,
+    text: str = "",
     *,
+    images: list[bytes] = (),
+    video: bytes | None = None,
+    spoken: SpokenInput | None = None,
+    fast: bool = False,
     session_id: str | None = None,
     api_key: str | None = None,
     seed: int | None = None,
     max_reply_tokens: int | None = None,
+    max_tiles: int = 0,
     echo=None,
 ) -> TurnReport:
-    """One text turn on a new (or given) session; `echo(text)` is called with each text delta."""
+    """One turn on a new (or given) session: typed text with optional images/video, or a spoken question
+    streamed at real-time pace (`fast`: as fast as the stream takes it). `echo(text)` gets each delta."""
     report = TurnReport()
     metadata = metadata_for(api_key)
     async with grpc.aio.insecure_channel(address, options=channel_options(64 * 1024 * 1024)) as channel:
@@ -60,23 +91,40 @@ async def run_text_turn(
         if session_id is None:
             created = await stub.CreateSession(assistant_pb2.CreateSessionRequest(), metadata=metadata)
             session_id = created.session.session_id
-        turn = assistant_pb2.UserTurn(text=text)
-        if seed is not None:
-            turn.seed = seed
-        if max_reply_tokens is not None:
-            turn.max_reply_tokens = max_reply_tokens
-        sent = asyncio.Event()
-        sent_at = [0.0]
+        media = [assistant_pb2.MediaInput(image=data, max_tiles=max_tiles) for data in images]
+        if video is not None:
+            media.append(assistant_pb2.MediaInput(video=video))
+        input_done = [0.0]
 
         async def events():
-            yield assistant_pb2.ClientEvent(start=assistant_pb2.ConverseStart(session_id=session_id))
-            sent_at[0] = time.perf_counter()
-            yield assistant_pb2.ClientEvent(turn=turn)
-            sent.set()
+            start = assistant_pb2.ConverseStart(session_id=session_id)
+            if spoken is not None:
+                start.input_sample_rate_hz = spoken.sample_rate_hz
+                start.input_encoding = assistant_pb2.AUDIO_ENCODING_PCM16
+            yield assistant_pb2.ClientEvent(start=start)
+            if spoken is None:
+                turn = assistant_pb2.UserTurn(text=text, media=media)
+                if seed is not None:
+                    turn.seed = seed
+                if max_reply_tokens is not None:
+                    turn.max_reply_tokens = max_reply_tokens
+                input_done[0] = time.perf_counter()
+                yield assistant_pb2.ClientEvent(turn=turn)
+            else:
+                for chunk in spoken.chunks():
+                    yield assistant_pb2.ClientEvent(audio=assistant_pb2.AudioAppend(data=chunk))
+                    if not fast:
+                        await asyncio.sleep(AUDIO_CHUNK_MS / 1000)
+                input_done[0] = time.perf_counter()
+                # End of the file ends the utterance even if it has no trailing silence.
+                yield assistant_pb2.ClientEvent(audio_commit=assistant_pb2.AudioCommit(media=media))
+            await finished.wait()
 
-        async for event in stub.Converse(events(), metadata=metadata):
+        finished = asyncio.Event()
+        call = stub.Converse(events(), metadata=metadata)
+        async for event in call:
             kind = event.WhichOneof("event")
-            now_ms = (time.perf_counter() - sent_at[0]) * 1000
+            now_ms = (time.perf_counter() - input_done[0]) * 1000
             if kind == "ready":
                 report.weights = event.ready.weights
             elif kind == "turn_started":
@@ -94,10 +142,13 @@ async def run_text_turn(
                 report.sample_rate_hz = event.audio.sample_rate_hz
             elif kind == "error":
                 report.errors.append(event.error)
-                break
+                if event.turn_id or spoken is None:
+                    break
             elif kind == "turn_completed":
                 report.completed = event.turn_completed
                 break
+        finished.set()
+        call.cancel()
     return report
 
 
@@ -106,10 +157,14 @@ def chat_main(args) -> int:
         sys.stdout.write(delta)
         sys.stdout.flush()
 
+    images = [Path(p).read_bytes() for p in args.image]
+    video = Path(args.video).read_bytes() if args.video else None
+    spoken = SpokenInput.from_file(Path(args.audio)) if args.audio else None
     report = asyncio.run(
-        run_text_turn(
-            args.address, args.text, session_id=args.session, api_key=args.api_key, seed=args.seed,
-            max_reply_tokens=args.max_reply_tokens, echo=echo,
+        run_turn(
+            args.address, args.text if not spoken else "", images=images, video=video, spoken=spoken,
+            fast=args.fast, session_id=args.session, api_key=args.api_key, seed=args.seed,
+            max_reply_tokens=args.max_reply_tokens, max_tiles=args.max_tiles, echo=echo,
         )
     )
     print()

@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
     """Stack up, one text turn, reply WAV written, timings printed, stack stopped."""
     import asyncio
 
-    from shared.chat import print_report, run_text_turn
+    from shared.chat import print_report, run_turn
     from shared.launcher import Stack
 
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="vita-demo-"))
@@ -77,7 +77,7 @@ def cmd_demo(args) -> int:
         print(f"Assistant API on {stack.address}; sending: {args.text!r}", flush=True)
         print("reply: ", end="", flush=True)
         report = asyncio.run(
-            run_text_turn(stack.address, args.text, seed=args.seed, max_reply_tokens=args.max_reply_tokens,
+            run_turn(stack.address, args.text, seed=args.seed, max_reply_tokens=args.max_reply_tokens,
                           echo=lambda delta: print(delta, end="", flush=True))
         )
         print()
@@ -88,6 +88,12 @@ def cmd_demo(args) -> int:
         print_report(report, Path(args.out))
     print("stack stopped.")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from shared.bench.command import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="send one turn to a running stack")
     chat.add_argument("--address", default="127.0.0.1:50051")
     chat.add_argument("--text", default="Hello! Who are you?")
+    chat.add_argument("--image", action="append", default=[], help="an image to ask about (repeatable)")
+    chat.add_argument("--video", default=None, help="a video to ask about")
+    chat.add_argument("--audio", default=None, help="ask by voice: a WAV, FLAC or OGG file streamed at real-time pace")
+    chat.add_argument("--fast", action="store_true", help="stream --audio as fast as possible instead of real time")
+    chat.add_argument("--max-tiles", type=int, default=0, help="image tiles (0 = the session default)")
     chat.add_argument("--session", default=None, help="continue this session instead of creating one")
     chat.add_argument("--api-key", default=None)
     chat.add_argument("--seed", type=int, default=None)
@@ -130,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-reply-tokens", type=int, default=64)
     demo.add_argument("--out", default="reply.wav")
     demo.set_defaults(func=cmd_demo)
+
+    from shared.bench.command import add_arguments as bench_arguments
+
+    bench = sub.add_parser("bench", help="concurrent sessions against the API (or --inprocess): latency percentiles")
+    bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

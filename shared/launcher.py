@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.grpc_server import READY_PREFIX
 from shared.redis_server import LocalRedis
 
-MODEL_SERVICES = ("llm", "speech")
+MODEL_SERVICES = ("llm", "speech", "vision")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -120,6 +120,8 @@ class Stack:
             VITA_TORCH_THREADS=str(self.config.torch_threads),
             PYTHONUNBUFFERED="1",
         )
+        # Several model processes share few cores: spinning OpenMP workers would steal each other's CPU.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if self.config.checkpoint is not None:
             env["VITA_CHECKPOINT"] = str(self.config.checkpoint)
         env.update(extra)

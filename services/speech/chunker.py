@@ -64,6 +64,12 @@ def low_energy_cut(chunk: np.ndarray, window: int, threshold: float) -> int | No
     return best + int(np.argmin(magnitude[best : best + window]))
 
 
+# The reference holds audio back until it finds a quiet point to cut at, without limit. Speech with no
+# pause (or the noise of random weights) would then arrive only at the end of the segment and the client
+# would stall; we hold back at most one second (the length of a later-segment window at 40 tokens).
+MAX_HOLD_SAMPLES = 24000
+
+
 class CodecChunker:
     """Turns a segment's codec tokens, as they are sampled, into windows and spliced waveform chunks."""
 
@@ -75,6 +81,7 @@ class CodecChunker:
         seg_threshold: float,
         hop_length: int,
         splice_window: int = SPLICE_WINDOW_SAMPLES,
+        max_hold_samples: int = MAX_HOLD_SAMPLES,
     ):
         if chunk_tokens <= 0 or context_tokens < 0:
             raise ValueError("chunk_tokens must be > 0 and context_tokens ≥ 0")
@@ -83,6 +90,7 @@ class CodecChunker:
         self.seg_threshold = seg_threshold
         self.hop_length = hop_length
         self.splice_window = splice_window
+        self.max_hold_samples = max_hold_samples
         self._tokens: list[int] = []  # not yet decoded past, incl. the kept context
         self._left_context = 0  # 0 until the first window is decoded
         self._pending: deque[CodecWindow] = deque()
@@ -157,7 +165,10 @@ class CodecChunker:
         cut = low_energy_cut(kept, self.splice_window, self.seg_threshold)
         if cut is None:
             self._buffer = np.concatenate([self._buffer, kept])
-            return []
+            if self._buffer.size < self.max_hold_samples:
+                return []
+            # No quiet point for too long: emit anyway rather than starve the client's playback.
+            return [self._take_buffer()]
         ready = np.concatenate([self._buffer, kept[:cut]])
         self._buffer = kept[cut:].copy()
         if ready.size == 0:

@@ -19,5 +19,8 @@ class SpeechSettings(BaseSettings):
     # token; real speech needs ~0.1-0.3 s) and never after more than max_codec_tokens (25 s).
     codec_tokens_per_text_token: int = 25
     max_codec_tokens: int = 1000
+    # Codec windows decoded per generator call. Calls always carry exactly this many windows (padded),
+    # so a stream's audio is bit-identical whatever else is batched with it.
+    codec_batch_size: int = 1
     # Longest text segment accepted, in characters (the orchestrator cuts segments far shorter).
     max_segment_chars: int = 2000

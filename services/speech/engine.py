@@ -444,9 +444,14 @@ class SpeechEngine:
                         break
                     commands = list(self._commands)
                     self._commands.clear()
-                for command in commands:
-                    command()
-                self._iteration()
+                try:
+                    for command in commands:
+                        command()
+                    self._iteration()
+                except Exception as error:  # noqa: BLE001 - a bug must not kill the worker and hang everyone
+                    log.exception("speech engine iteration failed")
+                    for stream in list(self._streams.values()):
+                        self._fail(stream, error)
             self._shutdown()
 
     def _has_work(self) -> bool:
@@ -496,7 +501,7 @@ class SpeechEngine:
         tts = self._models.tts
         ids = torch.tensor(segment.text_ids, dtype=torch.long)
         rows = self._models.embed_table[ids]
-        frames = text_frames(rows, tts.dims.hidden_size).to(self._device, dtype=tts.norm.weight.dtype)
+        frames = text_frames(rows, tts.dims.hidden_size).to(self._device, dtype=tts.dtype)
         max_tokens = self._length_cap(len(segment.text_ids))
         cache = tts.new_cache(frames.shape[1] + 1 + max_tokens)
         tts.prefill(tts.pre_net(frames), cache)

@@ -1,6 +1,10 @@
 """Metrics of the speech service (vita_speech_*)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Callable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.metrics import COMPUTE_BUCKETS_S, LATENCY_BUCKETS_S, RpcMetrics
 
@@ -17,3 +21,39 @@ STAGE_SECONDS = Histogram(
 FIRST_CHUNK_SECONDS = Histogram(
     "vita_speech_first_chunk_seconds", "Stream start to its first PCM chunk", buckets=LATENCY_BUCKETS_S
 )
+DECODING_SEGMENTS = Gauge("vita_speech_decoding_segments", "Segments in the AR decode batch")
+QUEUED_SEGMENTS = Gauge("vita_speech_queued_segments", "Segments pushed and waiting to start")
+
+
+class _EngineTotals(Collector):
+    """AR step counters read from the engine at scrape time. rate(ar_rows) / rate(ar_steps) is the
+    mean AR batch size: how full the fixed-shape batch runs."""
+
+    def __init__(self):
+        self.stats: Callable | None = None
+
+    def describe(self):
+        return self._families(None)
+
+    def collect(self):
+        return self._families(self.stats() if self.stats is not None else None)
+
+    @staticmethod
+    def _families(stats):
+        steps = CounterMetricFamily("vita_speech_ar_steps", "Batched AR decode steps")
+        rows = CounterMetricFamily("vita_speech_ar_rows", "Active rows summed over AR decode steps")
+        if stats is not None:
+            steps.add_metric([], stats.ar_steps)
+            rows.add_metric([], stats.ar_rows)
+        return [steps, rows]
+
+
+ENGINE_TOTALS = _EngineTotals()
+REGISTRY.register(ENGINE_TOTALS)
+
+
+def watch_engine(stats: Callable) -> None:
+    """Batch gauges and counters read from the engine's `stats()` at scrape time: nothing on the AR path."""
+    DECODING_SEGMENTS.set_function(lambda: stats().decoding_segments)
+    QUEUED_SEGMENTS.set_function(lambda: stats().queued_segments)
+    ENGINE_TOTALS.stats = stats

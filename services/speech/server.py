@@ -15,6 +15,7 @@ from services.speech.engine import (
     AudioEvent,
     SegmentDoneEvent,
     SpeechEngine,
+    SpeechEngineError,
     StreamDoneEvent,
     StreamFailedEvent,
 )
@@ -140,7 +141,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
                     f"segment {segment.index} has {len(segment.text)} characters; the limit is {self._settings.max_segment_chars}"
                 ))
                 return
-            self._engine.push_segment(stream_id, segment.text, segment.index)
+            try:
+                self._engine.push_segment(stream_id, segment.text, segment.index)
+            except SpeechEngineError as error:
+                events.push(_BadRequest(f"segment {segment.index} refused: {error}"))
+                return
             expected_index += 1
         # The client half-closed: "end" drains what is queued.
         self._engine.end_stream(stream_id)
@@ -175,6 +180,7 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
         context_tokens=settings.context_tokens,
         codec_tokens_per_text_token=settings.codec_tokens_per_text_token,
         max_codec_tokens=settings.max_codec_tokens,
+        codec_batch_size=settings.codec_batch_size,
     )
     facts = dict(
         sample_rate_hz=preset.codec.sampling_rate,
@@ -201,6 +207,7 @@ class SpeechApp:
     async def load(self) -> None:
         engine, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
         engine.start()
+        metrics.watch_engine(engine.stats)
         self._engine = engine
         self._servicer.attach(engine, self._settings, **facts)
 

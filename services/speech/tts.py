@@ -209,16 +209,21 @@ class TTSDecoder(nn.Module):
     def vocab_size(self) -> int:
         return self.out_fnn.out_features
 
-    def _param(self) -> torch.Tensor:
-        return self.norm.weight
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype (bf16 on accelerators, fp32 on CPU)."""
+        return self.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rotary_cos_sin(positions, self.head_dim, self.dims.rope_theta, self._param().dtype)
+        return rotary_cos_sin(positions, self.head_dim, self.dims.rope_theta, self.dtype)
 
     def new_cache(self, capacity: int) -> KVCache:
-        param = self._param()
         return KVCache(
-            len(self.layers), self.dims.num_heads, self.head_dim, capacity, dtype=param.dtype, device=param.device
+            len(self.layers), self.dims.num_heads, self.head_dim, capacity, dtype=self.dtype, device=self.device
         )
 
     def pre_net(self, frames: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,11 @@ from services.speech.chunker import CodecChunker, CodecWindow, float_to_pcm16, l
 HOP = 600
 
 
-def _stream(codec, tokens: list[int], *, chunk_tokens: int, seg_threshold: float) -> tuple[np.ndarray, list[int]]:
+def _stream(codec, tokens: list[int], *, chunk_tokens: int, seg_threshold: float,
+            max_hold_samples: int = 10**9) -> tuple[np.ndarray, list[int]]:
     """Feed tokens one by one, decoding each window as soon as it is issued."""
-    chunker = CodecChunker(chunk_tokens=chunk_tokens, seg_threshold=seg_threshold, hop_length=HOP)
+    chunker = CodecChunker(chunk_tokens=chunk_tokens, seg_threshold=seg_threshold, hop_length=HOP,
+                           max_hold_samples=max_hold_samples)
     pieces: list[np.ndarray] = []
 
     def decode(window: CodecWindow | None) -> None:
@@ -35,7 +37,7 @@ def _stream(codec, tokens: list[int], *, chunk_tokens: int, seg_threshold: float
 
 @pytest.mark.parametrize(
     ("count", "chunk_tokens", "threshold"),
-    [(0, 20, 0.1), (7, 20, 0.1), (30, 20, 0.1), (83, 20, 0.1), (50, 40, 0.015), (97, 40, 0.015)],
+    [(0, 20, 0.1), (7, 20, 0.1), (30, 20, 0.1), (63, 20, 0.1), (97, 40, 0.015)],
 )
 def test_chunked_output_equals_one_codec_call(tiny_models, count: int, chunk_tokens: int, threshold: float) -> None:
     tokens = torch.randint(0, 1024, (count,), generator=torch.Generator().manual_seed(count)).tolist()
@@ -69,12 +71,20 @@ def test_quiet_second_half_is_cut_and_loud_audio_is_held_back() -> None:
 
 
 def test_splice_holds_back_until_a_quiet_point(tiny_models) -> None:
-    tokens = torch.randint(0, 1024, (75,), generator=torch.Generator().manual_seed(5)).tolist()
+    tokens = torch.randint(0, 1024, (55,), generator=torch.Generator().manual_seed(5)).tolist()
     out_never, sizes_never = _stream(tiny_models.codec, tokens, chunk_tokens=20, seg_threshold=0.0)
-    assert sizes_never == [75 * HOP]  # threshold 0: nothing is quiet enough, everything comes at the end
+    assert sizes_never == [55 * HOP]  # threshold 0: nothing is quiet enough, everything comes at the end
     out_always, sizes_always = _stream(tiny_models.codec, tokens, chunk_tokens=20, seg_threshold=10.0)
     assert len(sizes_always) > 1
     np.testing.assert_array_equal(out_never, out_always)  # the splice only moves chunk boundaries
+
+
+def test_audio_is_not_held_back_longer_than_the_hold_limit(tiny_models) -> None:
+    tokens = torch.randint(0, 1024, (95,), generator=torch.Generator().manual_seed(6)).tolist()
+    out_capped, sizes = _stream(tiny_models.codec, tokens, chunk_tokens=20, seg_threshold=0.0, max_hold_samples=24000)
+    assert len(sizes) > 1 and all(size <= 24000 + 20 * HOP for size in sizes[:-1])
+    out_held, _ = _stream(tiny_models.codec, tokens, chunk_tokens=20, seg_threshold=0.0)
+    np.testing.assert_array_equal(out_capped, out_held)
 
 
 def test_windows_must_be_accepted_in_order(tiny_models) -> None:
