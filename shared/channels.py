@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from shared import tracing
 from shared.grpc_server import channel_options
 
 
@@ -27,4 +28,7 @@ def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
-    return grpc.aio.insecure_channel(grpc_target(address), options=options)
+    # Tracing on: each call carries the caller's trace context in its metadata (shared.tracing).
+    return grpc.aio.insecure_channel(
+        grpc_target(address), options=options, interceptors=tracing.client_interceptors() or None
+    )

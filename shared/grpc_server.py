@@ -20,12 +20,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from shared import tracing
 from shared.metrics import RpcMetrics
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "VITA_READY "
+# Clients re-resolve DNS only when a connection closes, so replicas added by scale-out (a headless
+# Service's new pods) get no calls from clients already connected. Closing each connection after this age
+# (GOAWAY; gRPC adds ±10% jitter) makes them re-resolve. Calls in flight are not cut: the grace period is
+# left unbounded, so a long Converse stream finishes on its old connection.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 class ServiceApp(Protocol):
@@ -151,9 +157,11 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
         metrics_port = metrics_server.server_port
 
+    # Tracing (VITA_OTLP_ENDPOINT; off by default): a span per RPC, parented by the caller's context.
+    tracer_provider = tracing.setup(app.name, settings)
     server = grpc.aio.server(
-        options=channel_options(settings.max_message_bytes),
-        interceptors=[MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
+        options=[*channel_options(settings.max_message_bytes), ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS)],
+        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
     )
     service_names = app.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -194,4 +202,6 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
     await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(settings.drain_seconds)
     await app.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # flushes the spans still batched
     log.info("%s stopped", app.name)

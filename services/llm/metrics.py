@@ -1,5 +1,7 @@
 """Metrics of the LLM service (vita_llm_*)."""
 
+from typing import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import BATCH_SIZE_BUCKETS, COMPUTE_BUCKETS_S, LATENCY_BUCKETS_S, RpcMetrics
@@ -21,3 +23,11 @@ CACHED_SESSIONS = Gauge("vita_llm_kv_cached_sessions", "Sessions holding a KV ca
 CACHED_TOKENS = Gauge("vita_llm_kv_cached_tokens", "Tokens held in session KV caches")
 RUNNING = Gauge("vita_llm_running_requests", "Requests in the decode batch")
 WAITING = Gauge("vita_llm_waiting_requests", "Requests waiting for prefill")
+KV_CACHE_BYTES = Gauge("vita_llm_kv_cache_bytes", "Device memory held by KV caches, idle and active")
+
+
+def watch_engine(stats: Callable) -> None:
+    """Saturation gauges read from the engine's `stats()` at scrape time: nothing on the decode path."""
+    RUNNING.set_function(lambda: stats().running)
+    WAITING.set_function(lambda: stats().waiting)
+    KV_CACHE_BYTES.set_function(lambda: stats().kv_cache_bytes)

@@ -36,6 +36,7 @@ from services.orchestrator.media import MediaLibrary, MediaRejected, MediaReques
 from services.orchestrator.records import MediaRef, SessionRecord, TurnRecord
 from services.orchestrator.sessions import SessionNotFound, SessionStore, TurnInProgress
 from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, VoiceInput
+from shared import tracing
 from vita.assistant.v1 import assistant_pb2
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,11 @@ class Conversation:
         )
         self._turn_delivery = delivery
         self._cancel_reason = "cancelled"
-        self._turn_task = asyncio.create_task(self._run_turn(pending, delivery))
+        # One trace per turn (shared.tracing; no-op spans when tracing is off).
+        self._turn_task = asyncio.create_task(tracing.turn_span(
+            self._run_turn(pending, delivery),
+            session_id=self.session.session_id, turn_id=pending.turn_id, input_kind=pending.input_kind,
+        ))
 
     async def _prepare(self, pending: PendingTurn, record: TurnRecord, history: list[TurnRecord]):
         """Encodes the turn's media and builds the prompt."""
@@ -458,6 +463,7 @@ class Conversation:
             refresher.cancel()
             metrics.ACTIVE_TURNS.dec()
             metrics.TURNS.labels(outcome).inc()
+            tracing.turn_outcome(outcome)
             metrics.TURN_SECONDS.labels(outcome).observe((time.perf_counter_ns() - started) / 1e9)
             for stage in result.stages:
                 if stage.queue_ns:
