@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="concurrent sessions against the API (or --inprocess): latency percentiles")
     bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from shared.checkpoint.cli import add_parser as add_checkpoint_parser
+
+    add_checkpoint_parser(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from shared import tracing
+from shared.checkpoint import CheckpointError
 from shared.metrics import RpcMetrics
 from shared.settings import ServiceSettings
 
@@ -188,7 +189,13 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
         loop.add_signal_handler(signum, stop.set)
 
     started = time.perf_counter()
-    await app.load()
+    try:
+        await app.load()
+    except CheckpointError as error:
+        # A bad checkpoint is an operator's mistake, not a crash: one clear line naming file and key.
+        log.error("%s cannot start: %s", app.name, error)
+        await server.stop(0)
+        raise SystemExit(2) from None
     app.metrics.model_load.set(time.perf_counter() - started)
     await set_status(health_pb2.HealthCheckResponse.SERVING)
     app.metrics.ready.set(1)

@@ -1,4 +1,4 @@
-"""The one way to obtain a ready audio encoder: seeded random weights (presets) or, later, a checkpoint."""
+"""The one way to obtain a ready audio encoder: seeded random weights (presets) or an official checkpoint."""
 
 from __future__ import annotations
 
@@ -35,9 +35,15 @@ def load_audio_encoder(
 
     Without a checkpoint every tensor is seeded from named streams (`shared.random_weights`), so the
     weights do not depend on the device, the dtype or the order modules are built in.
+
+    With `checkpoint_dir` (the VITA-1.5 directory) `dims` and `seed` are ignored: the dimensions come from
+    the audio encoder's train.yaml (the returned model's `.dims`) and the weights from the VITA safetensors
+    (spec §6.1); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
     """
     if checkpoint_dir is not None:
-        raise NotImplementedError("official audio-encoder checkpoint loading arrives with the checkpoint issue")
+        from services.audio.checkpoint import load_audio_checkpoint
+
+        return load_audio_checkpoint(Path(checkpoint_dir), device=device, dtype=dtype)
 
     model = WhaleAudioEncoder(dims)
     with torch.no_grad():

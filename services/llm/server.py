@@ -21,6 +21,7 @@ from services.llm.engine import (
     TokenSegment,
 )
 from services.llm.weights import load_llm
+from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
 from shared.grpc_server import LoadingGate
 from shared.presets import get_preset
@@ -215,8 +216,12 @@ def build_engine(common: ServiceSettings, settings: LLMSettings) -> tuple[LLMEng
     device = resolve_device(common.device)
     dtype = resolve_dtype(common.dtype, device)
     model = load_llm(preset.llm, seed=preset.init_seed, device=device, dtype=dtype, checkpoint_dir=common.checkpoint)
-    tokenizer = QwenTokenizer.from_dir(common.checkpoint) if common.checkpoint else QwenTokenizer.from_dir()
-    max_context = settings.max_context_tokens or preset.max_context_tokens
+    dims = model.dims  # the checkpoint's own dims when one is served, else the preset's
+    if common.checkpoint:
+        tokenizer = checkpoint_tokenizer(common.checkpoint, embedding_rows=dims.vocab_size)
+    else:
+        tokenizer = QwenTokenizer.from_dir()
+    max_context = min(settings.max_context_tokens or preset.max_context_tokens, dims.max_position_embeddings)
     engine = LLMEngine(
         model,
         device=device,
@@ -227,8 +232,8 @@ def build_engine(common: ServiceSettings, settings: LLMSettings) -> tuple[LLMEng
         kv_cache_max_tokens=settings.kv_cache_max_tokens,
     )
     facts = dict(
-        hidden_size=preset.llm.hidden_size,
-        vocab_size=preset.llm.vocab_size,
+        hidden_size=dims.hidden_size,
+        vocab_size=dims.vocab_size,
         max_context_tokens=max_context,
         weights=weights_info(common.preset, common.checkpoint, dtype, device),
     )
@@ -252,6 +257,7 @@ class LLMApp:
     async def load(self) -> None:
         engine, tokenizer, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
         engine.start()
+        metrics.watch_engine(engine.stats)
         self._engine = engine
         self._servicer.attach(engine, tokenizer, **facts)
 

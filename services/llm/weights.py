@@ -1,4 +1,4 @@
-"""The one way to obtain a ready LLM: seeded random weights (presets) or, later, an official checkpoint."""
+"""The one way to obtain a ready LLM: seeded random weights (presets) or an official checkpoint."""
 
 from __future__ import annotations
 
@@ -29,9 +29,15 @@ def load_llm(
     Without a checkpoint every tensor is seeded: `model.embed_tokens` is `llm_embedding_table(dims, seed)`
     (the speech service derives the same table), and every other module draws from its own named stream,
     so the weights do not depend on the device, the dtype or the order modules are built in.
+
+    With `checkpoint_dir` (the VITA-1.5 directory) `dims` and `seed` are ignored: the dimensions come from
+    the checkpoint's config.json (the returned model's `.dims`) and the weights from its safetensors; a
+    checkpoint that cannot be served raises `shared.checkpoint.CheckpointError` naming the file and key.
     """
     if checkpoint_dir is not None:
-        raise NotImplementedError("official checkpoint loading arrives with the checkpoint issue")
+        from services.llm.checkpoint import load_llm_checkpoint
+
+        return load_llm_checkpoint(Path(checkpoint_dir), device=device, dtype=dtype)
 
     # Built on the meta device: default nn.Linear init of the full preset (7.6B parameters) would take
     # minutes only to be overwritten.

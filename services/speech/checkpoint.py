@@ -31,6 +31,7 @@ from shared.checkpoint.strict import (
     ServicePlan, check_index_keys, check_tensors, finish, load_into, materialize, module_shapes,
     non_persistent_buffers, on_meta, tensor_infos,
 )
+from shared.presets import CodecDims, TTSDims
 
 CODEC_REQUIRED = ("generator", "quantizer")
 # Entries of codec/final.pt that synthesis never uses: the analysis encoder (loaded but unused by the
@@ -73,6 +74,16 @@ def _decoder(tts_root: Path, llm_hidden: int):
         unused=lambda key: key.startswith("layers_prefix.") or is_derived_buffer(key),
     )
     return dims, skeleton, tensors, found, unused, [config_path, weights]
+
+
+def tts_expected_shapes(dims: TTSDims) -> dict[str, tuple[int, ...]]:
+    """decoder/final.pt key -> shape the runtime decoder needs (`layers_prefix` is known-unused)."""
+    return module_shapes(on_meta(lambda: _tts_without_prefix(dims), Path(TTS_CONFIG_FILE)))
+
+
+def codec_expected_shapes(dims: CodecDims) -> dict[str, tuple[int, ...]]:
+    """codec/final.pt key (`generator.*` / `quantizer.*`) -> shape the runtime codec needs."""
+    return _codec_expected(on_meta(lambda: TiCodecDecoder(dims), Path(TTS_CONFIG_FILE)))
 
 
 def _codec_expected(skeleton: TiCodecDecoder) -> dict[str, tuple[int, ...]]:

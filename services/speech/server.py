@@ -20,6 +20,7 @@ from services.speech.engine import (
     StreamFailedEvent,
 )
 from services.speech.weights import load_speech_models
+from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
 from shared.grpc_server import LoadingGate
 from shared.presets import get_preset
@@ -169,7 +170,10 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
         preset.tts, preset.codec, preset.llm, seed=preset.init_seed, device=device, dtype=dtype,
         checkpoint_dir=common.checkpoint,
     )
-    tokenizer = QwenTokenizer.from_dir(common.checkpoint) if common.checkpoint else QwenTokenizer.from_dir()
+    if common.checkpoint:
+        tokenizer = checkpoint_tokenizer(common.checkpoint, embedding_rows=models.embed_table.shape[0])
+    else:
+        tokenizer = QwenTokenizer.from_dir()
     engine = SpeechEngine(
         models,
         tokenizer,
@@ -183,8 +187,9 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
         codec_batch_size=settings.codec_batch_size,
     )
     facts = dict(
-        sample_rate_hz=preset.codec.sampling_rate,
-        samples_per_token=preset.codec.hop_length,
+        # The codec's own dims: the checkpoint's when one is served.
+        sample_rate_hz=models.codec.dims.sampling_rate,
+        samples_per_token=models.codec.hop_length,
         weights=weights_info(common.preset, common.checkpoint, dtype, device),
     )
     return engine, facts

@@ -25,8 +25,9 @@ CODEC_POST_GAIN = 0.1
 
 @dataclass(frozen=True)
 class SpeechModels:
-    # [vocab, llm_hidden] fp32 on the CPU: only n rows are read per segment, and the full-size table
-    # (2.2 GB in fp32) would waste accelerator memory.
+    # [vocab, llm_hidden] on the CPU: only n rows are read per segment, and the full-size table
+    # (2.2 GB in fp32) would waste accelerator memory. fp32 when random; from a checkpoint it is
+    # memory-mapped in its stored dtype (bf16), and the rows looked up widen exactly.
     embed_table: torch.Tensor
     tts: TTSDecoder
     codec: TiCodecDecoder
@@ -86,13 +87,21 @@ def load_speech_models(
     dtype: torch.dtype,
     checkpoint_dir: Path | None = None,
 ) -> SpeechModels:
-    """The one entry point. Random weights (seeded) for presets; checkpoints come with a later issue.
+    """The one entry point. Random weights (seeded) for presets, or the official checkpoint.
 
     `dtype` is the TTS decoder's compute dtype; the codec stays fp32 (spec §5.2: the reference never casts
-    the codec weights) and the embedding table stays fp32 on the CPU.
+    the codec weights) and the embedding table stays on the CPU (fp32 when random; memory-mapped in its
+    stored dtype from a checkpoint, whose rows widen exactly).
+
+    With `checkpoint_dir` (the VITA-1.5 directory) the dims arguments and `seed` are ignored: the
+    dimensions come from the checkpoint's config files (the returned `tts.dims`, `codec.dims` and
+    `embed_table.shape`); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
     """
     if checkpoint_dir is not None:
-        raise NotImplementedError("loading the official TTS/codec checkpoint is not implemented yet")
+        from services.speech.checkpoint import load_speech_checkpoint
+
+        embed_table, tts_model, codec_model = load_speech_checkpoint(Path(checkpoint_dir), device=device, dtype=dtype)
+        return SpeechModels(embed_table=embed_table, tts=tts_model, codec=codec_model)
     if llm.hidden_size != TTS_FRAMES_PER_TEXT_TOKEN * tts.hidden_size:
         raise ValueError(
             f"LLM hidden {llm.hidden_size} must be {TTS_FRAMES_PER_TEXT_TOKEN} × TTS hidden {tts.hidden_size}"

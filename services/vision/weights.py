@@ -1,4 +1,4 @@
-"""The one place that builds a ready-to-run vision model: seeded random weights now, a checkpoint later."""
+"""The one place that builds a ready-to-run vision model: seeded random weights or an official checkpoint."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ def load_vision(
     """A `VisionEncoder` in eval mode without gradients, on `device` in `dtype`.
 
     With no `checkpoint_dir` the weights are random, seeded per module (identical in every process for
-    the same seed). Checkpoint loading (official key mapping, spec §6.3) is not implemented yet.
+    the same seed). With `checkpoint_dir` (the VITA-1.5 directory) `dims` and `seed` are ignored: the
+    dimensions come from the InternViT and VITA config files (the returned model's `.dims`) and the weights
+    from the VITA safetensors (spec §6.3); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
     """
     if checkpoint_dir is not None:
-        raise NotImplementedError(
-            f"loading vision weights from {checkpoint_dir} is not implemented yet; use a preset with random weights"
-        )
+        from services.vision.checkpoint import load_vision_checkpoint
+
+        return load_vision_checkpoint(Path(checkpoint_dir), device=device, dtype=dtype)
     model = VisionEncoder(dims)
     init_module_(model.vision_tower, seed, TOWER_SEED_NAME)
     init_module_(model.mm_projector, seed, PROJECTOR_SEED_NAME)

@@ -20,6 +20,7 @@ from services.audio.encoder import (
 from services.audio.engine import PartialEncoding
 from services.audio.features import AudioInputError, AudioTooShortError, compute_fbank, num_fbank_frames
 from services.audio.weights import load_audio_encoder
+from shared.checkpoint import CheckpointError
 from shared.presets import FULL, TINY
 
 from .conftest import SEED, noise
@@ -239,5 +240,5 @@ def test_loader_is_seeded_and_plausible():
 def test_loader_dtype_and_checkpoint_contract():
     half = load_audio_encoder(TINY.audio, seed=SEED, device="cpu", dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(CheckpointError):
         load_audio_encoder(TINY.audio, seed=SEED, device="cpu", dtype=torch.float32, checkpoint_dir=Path("/nowhere"))

@@ -10,6 +10,7 @@ import torch
 
 from services.llm.model import KV_BLOCK_TOKENS, KVCache, Qwen2ForCausalLM
 from services.llm.weights import load_llm
+from shared.checkpoint import CheckpointError
 from shared.presets import TINY
 from shared.random_weights import llm_embedding_table
 from tests.llm.helpers import SEED, SMALL_DIMS, prompt_ids
@@ -50,8 +51,8 @@ def test_load_is_deterministic_and_follows_dtype(model: Qwen2ForCausalLM) -> Non
     assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
 
 
-def test_checkpoint_loading_is_not_there_yet(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError, match="checkpoint issue"):
+def test_a_directory_without_a_checkpoint_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
         load_llm(SMALL_DIMS, seed=SEED, device="cpu", dtype=torch.float32, checkpoint_dir=tmp_path)
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from services.vision.model import VisionEncoder, pixel_shuffle
 from services.vision.weights import load_vision
+from shared.checkpoint import CheckpointError
 from shared.presets import FULL, TINY
 
 DIMS = TINY.vision
@@ -119,7 +120,7 @@ def test_parameter_names_and_shapes_follow_the_checkpoint_at_full_size() -> None
     assert round(tower / 1e6, 1) == 304.0  # spec §10
 
 
-def test_random_weights_are_seeded_and_checkpoints_are_not_yet_supported(tmp_path) -> None:
+def test_random_weights_are_seeded_and_an_empty_checkpoint_dir_is_refused(tmp_path) -> None:
     a = load_vision(DIMS, seed=7, device="cpu", dtype=torch.float32)
     b = load_vision(DIMS, seed=7, device="cpu", dtype=torch.float32)
     c = load_vision(DIMS, seed=8, device="cpu", dtype=torch.float32)
@@ -131,5 +132,5 @@ def test_random_weights_are_seeded_and_checkpoints_are_not_yet_supported(tmp_pat
             assert not torch.equal(pa, pc), name
     assert not a.training and not any(p.requires_grad for p in a.parameters())
     assert load_vision(DIMS, seed=7, device="cpu", dtype=torch.bfloat16).mm_projector[0].weight.dtype == torch.bfloat16
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(CheckpointError):
         load_vision(DIMS, seed=7, device="cpu", dtype=torch.float32, checkpoint_dir=tmp_path)
