@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.grpc_server import READY_PREFIX
 from shared.redis_server import LocalRedis
 
-MODEL_SERVICES = ("llm", "speech", "vision")
+MODEL_SERVICES = ("llm", "speech", "audio", "vision")
 _PR_SET_PDEATHSIG = 1
 
 

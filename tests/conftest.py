@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,17 +51,24 @@ def no_leaks(request):
     assert not leaked, f"test left child processes running: {sorted(leaked)}"
 
 
+# Cancelled tasks and an in-process server's per-call tasks finish their cleanup after the client has its
+# reply; on a busy machine that takes more than a few loop turns.
+TASK_SETTLE_S = 2.0
+
+
 @pytest.fixture(autouse=True)
 async def no_task_leaks():
     before = set(asyncio.all_tasks())
     yield
-    # Give cancelled tasks a few loop turns to finish their cleanup.
-    for _ in range(5):
-        await asyncio.sleep(0)
-    leaked = [
-        t for t in asyncio.all_tasks() - before
-        if t is not asyncio.current_task() and not t.done() and not _is_grpc_internal(t)
-    ]
+    deadline = time.monotonic() + TASK_SETTLE_S
+    while True:
+        await asyncio.sleep(0.01)
+        leaked = [
+            t for t in asyncio.all_tasks() - before
+            if t is not asyncio.current_task() and not t.done() and not _is_grpc_internal(t)
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
     assert not leaked, f"test left asyncio tasks running: {leaked}"
 
 
