@@ -8,11 +8,14 @@ until then, so orchestrators and Kubernetes probes wait), and stops its engine a
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import grpc
@@ -47,6 +50,48 @@ class ServiceApp(Protocol):
 
     async def close(self) -> None:
         """Stops engines after in-flight calls drained."""
+
+
+class EngineApp:
+    """A model service: its servicer is registered before the models load (health says NOT_SERVING and
+    early calls get UNAVAILABLE), `start()` builds the engine off the event loop and attaches it, and
+    `close()` stops the thread pools and the engine after the drain. Subclasses set `name`, `metrics`,
+    `service` (the protobuf service descriptor) and `add_servicer`, and implement `start()`."""
+
+    name: str
+    metrics: RpcMetrics
+    service = None  # google.protobuf ServiceDescriptor
+    add_servicer = None  # the generated add_<Service>Servicer_to_server
+
+    def __init__(self, common: ServiceSettings, settings, servicer):
+        self.common = common
+        self.settings = settings
+        self.servicer = servicer
+        self.engine = None
+        self._pools: list[ThreadPoolExecutor] = []
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        type(self).add_servicer(self.servicer, server)
+        return [self.service.full_name]
+
+    def pool(self, workers: int, prefix: str) -> ThreadPoolExecutor:
+        """A thread pool for blocking per-request work (decoding, features), shut down at close."""
+        executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+        self._pools.append(executor)
+        return executor
+
+    def start(self) -> None:
+        """Builds, starts and attaches the engine (runs in a worker thread)."""
+        raise NotImplementedError
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def close(self) -> None:
+        for executor in self._pools:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
 
 
 class LoadingGate:
@@ -139,6 +184,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **common)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """When started by the local launcher: get SIGTERM if the launcher dies, even by SIGKILL."""
+    if parent_pid <= 0:
+        return
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the launcher died before the line above took effect
+        raise SystemExit("the launcher that started this service is gone")
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -149,6 +207,7 @@ def configure_logging(level: str) -> None:
 
 async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: list | None = None) -> None:
     """Serves until SIGTERM/SIGINT, then drains for `settings.drain_seconds`."""
+    die_with_parent(settings.parent_pid)
     if settings.torch_threads > 0:
         import torch
 

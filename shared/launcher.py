@@ -4,7 +4,6 @@ gRPC health; stops everything on exit, leaving no process behind."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -22,13 +21,6 @@ from shared.grpc_server import READY_PREFIX
 from shared.redis_server import LocalRedis
 
 MODEL_SERVICES = ("llm", "speech", "audio", "vision")
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the launcher dies (even by SIGKILL), the child gets SIGTERM."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -119,6 +111,10 @@ class Stack:
             VITA_METRICS_PORT="0",
             VITA_TORCH_THREADS=str(self.config.torch_threads),
             PYTHONUNBUFFERED="1",
+            # The child ties its life to ours (shared.grpc_server.die_with_parent): no orphan survives a
+            # launcher killed by SIGKILL. Not done with preexec_fn: Python code between fork and exec in a
+            # process that runs gRPC threads aborts the child.
+            VITA_PARENT_PID=str(os.getpid()),
         )
         # Several model processes share few cores: spinning OpenMP workers would steal each other's CPU.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -138,7 +134,6 @@ class Stack:
             env=env,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            preexec_fn=_die_with_parent,
         )
         if stderr is not None:
             stderr.close()

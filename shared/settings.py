@@ -41,6 +41,8 @@ class ServiceSettings(BaseSettings):
     # OTLP endpoint for traces, e.g. http://otel-collector:4317; unset = tracing off.
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
+    # Set by the local launcher (`vita up`): the service exits when that process dies.
+    parent_pid: int = 0
 
 
 def resolve_device(name: str) -> str:

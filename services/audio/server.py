@@ -65,7 +65,7 @@ from services.audio.stream import (
 )
 from services.audio.vad import VadConfig, VadConfigError
 from services.audio.weights import load_audio_encoder
-from shared.grpc_server import LoadingGate
+from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
 from shared.settings import MiB, ServiceSettings, resolve_device, resolve_dtype
 from shared.tensors import to_proto
@@ -562,39 +562,18 @@ def build_engine(common: ServiceSettings, settings: AudioSettings) -> tuple[Audi
     return engine, facts
 
 
-class AudioApp:
+class AudioApp(EngineApp):
     name = "audio"
     metrics = metrics.RPC
+    service = audio_pb2.DESCRIPTOR.services_by_name["Audio"]
+    add_servicer = staticmethod(audio_pb2_grpc.add_AudioServicer_to_server)
 
     def __init__(self, common: ServiceSettings, settings: AudioSettings):
-        self._common = common
-        self._settings = settings
-        self._servicer = AudioServicer()
-        self._engine: AudioEngine | None = None
-        self._features: ThreadPoolExecutor | None = None
+        super().__init__(common, settings, AudioServicer())
 
-    @property
-    def engine(self) -> AudioEngine | None:
-        return self._engine
-
-    @property
-    def servicer(self) -> AudioServicer:
-        return self._servicer
-
-    def register(self, server: grpc.aio.Server) -> list[str]:
-        audio_pb2_grpc.add_AudioServicer_to_server(self._servicer, server)
-        return [audio_pb2.DESCRIPTOR.services_by_name["Audio"].full_name]
-
-    async def load(self) -> None:
-        engine, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
+    def start(self) -> None:
+        engine, facts = build_engine(self.common, self.settings)
         engine.start()
-        self._engine = engine
-        self._features = ThreadPoolExecutor(self._settings.feature_threads, thread_name_prefix="audio-features")
-        self._servicer.attach(engine, self._features, self._settings, **facts)
-
-    async def close(self) -> None:
-        if self._features is not None:
-            await asyncio.to_thread(self._features.shutdown, wait=True, cancel_futures=True)
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.stop)
-
+        self.engine = engine
+        features = self.pool(self.settings.feature_threads, "audio-features")
+        self.servicer.attach(engine, features, self.settings, **facts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
@@ -23,7 +22,7 @@ from services.llm.engine import (
 from services.llm.weights import load_llm
 from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
-from shared.grpc_server import LoadingGate
+from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tensors import TensorDecodeError, from_proto
@@ -240,27 +239,18 @@ def build_engine(common: ServiceSettings, settings: LLMSettings) -> tuple[LLMEng
     return engine, tokenizer, facts
 
 
-class LLMApp:
+class LLMApp(EngineApp):
     name = "llm"
     metrics = metrics.RPC
+    service = llm_pb2.DESCRIPTOR.services_by_name["LLM"]
+    add_servicer = staticmethod(llm_pb2_grpc.add_LLMServicer_to_server)
 
     def __init__(self, common: ServiceSettings, settings: LLMSettings):
-        self._common = common
-        self._settings = settings
-        self._servicer = LLMServicer()
-        self._engine: LLMEngine | None = None
+        super().__init__(common, settings, LLMServicer())
 
-    def register(self, server: grpc.aio.Server) -> list[str]:
-        llm_pb2_grpc.add_LLMServicer_to_server(self._servicer, server)
-        return [llm_pb2.DESCRIPTOR.services_by_name["LLM"].full_name]
-
-    async def load(self) -> None:
-        engine, tokenizer, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
+    def start(self) -> None:
+        engine, tokenizer, facts = build_engine(self.common, self.settings)
         engine.start()
         metrics.watch_engine(engine.stats)
-        self._engine = engine
-        self._servicer.attach(engine, tokenizer, **facts)
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.stop)
+        self.engine = engine
+        self.servicer.attach(engine, tokenizer, **facts)

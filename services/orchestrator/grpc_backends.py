@@ -16,7 +16,6 @@ from services.orchestrator.backends import (
     LLMDelta,
     LLMDone,
     LLMFacts,
-    MediaPiece,
     PromptPiece,
     SpeechAudio,
     SpeechDone,

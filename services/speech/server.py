@@ -22,7 +22,7 @@ from services.speech.engine import (
 from services.speech.weights import load_speech_models
 from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
-from shared.grpc_server import LoadingGate
+from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tokenizer import QwenTokenizer
@@ -195,27 +195,18 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
     return engine, facts
 
 
-class SpeechApp:
+class SpeechApp(EngineApp):
     name = "speech"
     metrics = metrics.RPC
+    service = speech_pb2.DESCRIPTOR.services_by_name["Speech"]
+    add_servicer = staticmethod(speech_pb2_grpc.add_SpeechServicer_to_server)
 
     def __init__(self, common: ServiceSettings, settings: SpeechSettings):
-        self._common = common
-        self._settings = settings
-        self._servicer = SpeechServicer()
-        self._engine: SpeechEngine | None = None
+        super().__init__(common, settings, SpeechServicer())
 
-    def register(self, server: grpc.aio.Server) -> list[str]:
-        speech_pb2_grpc.add_SpeechServicer_to_server(self._servicer, server)
-        return [speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name]
-
-    async def load(self) -> None:
-        engine, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
+    def start(self) -> None:
+        engine, facts = build_engine(self.common, self.settings)
         engine.start()
         metrics.watch_engine(engine.stats)
-        self._engine = engine
-        self._servicer.attach(engine, self._settings, **facts)
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.stop)
+        self.engine = engine
+        self.servicer.attach(engine, self.settings, **facts)

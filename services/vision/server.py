@@ -31,7 +31,7 @@ from services.vision.engine import EngineStoppedError, VisionEngine
 from services.vision.images import MediaInputError, TilingOptions, image_to_tiles
 from services.vision.video import frames_from_camera, video_to_tiles
 from services.vision.weights import load_vision
-from shared.grpc_server import LoadingGate
+from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tensors import to_proto
@@ -289,35 +289,19 @@ def build_engine(common: ServiceSettings, settings: VisionSettings) -> tuple[Vis
     return engine, steps, facts
 
 
-class VisionApp:
+class VisionApp(EngineApp):
     name = "vision"
     metrics = metrics.RPC
+    service = vision_pb2.DESCRIPTOR.services_by_name["Vision"]
+    add_servicer = staticmethod(vision_pb2_grpc.add_VisionServicer_to_server)
 
     def __init__(self, common: ServiceSettings, settings: VisionSettings):
-        self._common = common
-        self._settings = settings
-        self._servicer = VisionServicer()
-        self._engine: VisionEngine | None = None
-        self._decoder: ThreadPoolExecutor | None = None
+        super().__init__(common, settings, VisionServicer())
 
-    @property
-    def engine(self) -> VisionEngine | None:
-        return self._engine
-
-    def register(self, server: grpc.aio.Server) -> list[str]:
-        vision_pb2_grpc.add_VisionServicer_to_server(self._servicer, server)
-        return [vision_pb2.DESCRIPTOR.services_by_name["Vision"].full_name]
-
-    async def load(self) -> None:
-        engine, steps, facts = await asyncio.to_thread(build_engine, self._common, self._settings)
+    def start(self) -> None:
+        engine, steps, facts = build_engine(self.common, self.settings)
         engine.start()
         metrics.watch_engine(engine.stats)
-        self._engine = engine
-        self._decoder = ThreadPoolExecutor(self._settings.max_concurrent_decodes, thread_name_prefix="vision-decode")
-        self._servicer.attach(engine, steps, self._decoder, self._settings, **facts)
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.stop)
-        if self._decoder is not None:
-            await asyncio.to_thread(self._decoder.shutdown, wait=True, cancel_futures=True)
+        self.engine = engine
+        decoder = self.pool(self.settings.max_concurrent_decodes, "vision-decode")
+        self.servicer.attach(engine, steps, decoder, self.settings, **facts)

@@ -120,7 +120,7 @@ def test_unexpected_tensor_in_the_shards(broken):
 
 def test_language_only_directory_serves_the_llm_and_refuses_vision_and_audio(broken):
     multimodal = ("model.vision_tower.", "model.mm_projector.", "model.audio_encoder.")
-    name = rewrite_shard(broken, "model.norm.weight", lambda t: [t.pop(k) for k in list(t) if k.startswith(multimodal)])
+    rewrite_shard(broken, "model.norm.weight", lambda t: [t.pop(k) for k in list(t) if k.startswith(multimodal)])
     rewrite_index(broken, {k: v for k, v in weight_map(broken).items() if not k.startswith(multimodal)})
     assert llm(broken).dims.hidden_size == 256
     assert speech(broken).tts is not None
