@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import wave
 from pathlib import Path
+
+import soundfile
+from PIL import Image
 
 
 def descendants(pid: int) -> set[int]:
@@ -62,6 +66,25 @@ def test_vita_up_then_chat_then_sigterm_leaves_no_process(tmp_path):
         with wave.open(str(out)) as wav:
             assert wav.getframerate() == 24000 and wav.getnchannels() == 1 and wav.getsampwidth() == 2
             assert wav.getnframes() > 0 and wav.getnframes() % 600 == 0
+
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (640, 480), (30, 120, 200)).save(photo)
+        chat = subprocess.run([*vita, "chat", "--address", address, "--image", str(photo), "--text", "What is it?",
+                               "--max-reply-tokens", "8", "--out", str(tmp_path / "image.wav")],
+                              capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0, chat.stderr
+
+        if shutil.which("espeak-ng"):
+            question = tmp_path / "question.wav"
+            subprocess.run(["espeak-ng", "-w", str(question), "What time is it?"], check=True)
+            flac = tmp_path / "question.flac"
+            soundfile.write(flac, *soundfile.read(question))
+            for spoken in (question, flac):
+                chat = subprocess.run([*vita, "chat", "--address", address, "--audio", str(spoken), "--fast",
+                                       "--max-reply-tokens", "8", "--out", str(tmp_path / "spoken.wav")],
+                                      capture_output=True, text=True, timeout=120)
+                assert chat.returncode == 0, chat.stderr
+                assert "time to first audio" in chat.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
