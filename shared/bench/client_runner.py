@@ -10,7 +10,7 @@ import uuid
 import grpc
 
 from shared.bench.driver import run_phases
-from shared.bench.stats import TurnSample
+from shared.bench.stats import FirstSegmentWatch, TurnSample
 from shared.bench.workload import (
     AUDIO_CHUNK_MS,
     IMAGE,
@@ -58,8 +58,11 @@ class ApiSession:
         config = pb.SessionConfig(
             max_reply_tokens=self._workload.reply_tokens,
             seed=self.session_seed,
+            speech_output=self._workload.speech_output,
             vad=pb.VoiceActivityConfig(enabled=self._workload.speech_end == "vad"),
         )
+        if self._workload.history_turns is not None:
+            config.max_history_turns = self._workload.history_turns
         created = await self._stub.CreateSession(pb.CreateSessionRequest(config=config), metadata=self._metadata)
         self._session_id = created.session.session_id
         await self._open_stream()
@@ -157,6 +160,7 @@ class ApiSession:
             await self._call.write(pb.ClientEvent(audio_commit=pb.AudioCommit(turn_id=turn_id)))
 
     async def _collect(self, sample: TurnSample, expected: str | None, *, spoken: bool) -> None:
+        watch = FirstSegmentWatch()
         while True:
             arrived, event = await self._events.get()
             if event is _EOF or isinstance(event, grpc.aio.AioRpcError):
@@ -176,9 +180,8 @@ class ApiSession:
                 return
             if kind == "turn_started" and expected is None:
                 expected = event.turn_id
-            elif kind == "text_delta" and event.text_delta.text:
-                sample.first_text = sample.first_text or arrived
-                sample.last_text = arrived
+            elif kind == "text_delta":
+                sample.on_text(event.text_delta.text, arrived, watch)
             elif kind == "audio":
                 sample.first_audio = sample.first_audio or arrived
                 sample.sample_rate_hz = event.audio.sample_rate_hz
@@ -188,6 +191,8 @@ class ApiSession:
                 sample.finished = arrived
                 sample.outcome = completed.outcome
                 sample.reply_tokens = completed.reply_tokens
+                sample.prefilled_tokens = completed.prefilled_prompt_tokens
+                sample.cached_tokens = completed.cached_prompt_tokens
                 sample.server_ttft_ms = completed.timings.ttft_ms or None
                 sample.server_ttfa_ms = completed.timings.ttfa_ms or None
                 for stage in completed.timings.stages:

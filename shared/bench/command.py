@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                   "shared/bench/workload.py")
     load.add_argument("--speech-end", default="commit", choices=("commit", "vad"),
                       help="spoken turns end by audio_commit (push-to-talk) or by the server's VAD")
+    load.add_argument("--history-turns", type=int, default=None,
+                      help="max_history_turns of every session (default: the server's, 8); 0 makes every turn's "
+                           "prompt independent of earlier replies, so runs with different --reply-tokens send the "
+                           "same prompts")
+    load.add_argument("--no-speech", action="store_true",
+                      help="text replies only (session speech_output off): isolates the LLM's batching")
     load.add_argument("--turn-timeout-s", type=float, default=600.0)
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -77,6 +83,7 @@ async def collect(args, concurrencies: list[int], address: str | None) -> list[d
             workload = build_workload(
                 sessions=concurrency, turns=args.turns, warmup=args.warmup, reply_tokens=args.reply_tokens,
                 seed=args.seed, mix=args.mix, workload_file=args.workload, speech_end=args.speech_end,
+                speech_output=not args.no_speech, history_turns=args.history_turns,
             )
             load_before = list(os.getloadavg())
             if env is not None:
@@ -99,7 +106,8 @@ def build_document(args, runs: list[dict], machine: dict) -> dict:
     settings = {
         "turns_per_session": args.turns, "warmup": args.warmup, "reply_tokens": args.reply_tokens,
         "seed": args.seed, "mix": args.mix, "workload": str(args.workload) if args.workload else None,
-        "speech_end": args.speech_end, "torch_threads": args.torch_threads,
+        "speech_end": args.speech_end, "speech_output": not args.no_speech,
+        "history_turns": args.history_turns, "torch_threads": args.torch_threads,
         "address": args.address or ("in-process" if args.inprocess else "started here"),
     }
     return document("inprocess" if args.inprocess else "distributed", args.preset, runs, settings, machine)

@@ -13,19 +13,17 @@ import time
 import uuid
 
 from shared.bench.driver import run_phases
-from shared.bench.stats import TurnSample
+from shared.bench.stats import FirstSegmentWatch, TurnSample
 from shared.bench.workload import TEXT, BenchTurn, SessionScript, Workload
 
 
 class _Sink:
     def __init__(self, sample: TurnSample):
         self._sample = sample
+        self._watch = FirstSegmentWatch()
 
     async def text(self, text: str, token_ids: tuple[int, ...]) -> None:
-        if text:
-            now = time.perf_counter()
-            self._sample.first_text = self._sample.first_text or now
-            self._sample.last_text = now
+        self._sample.on_text(text, time.perf_counter(), self._watch)
 
     async def audio(self, pcm: bytes, sample_rate_hz: int, segment_index: int) -> None:
         now = time.perf_counter()
@@ -100,12 +98,14 @@ class InProcessSession:
         try:
             prompt, _ = env.prompts.build(
                 self._history, UserMessage(text=turn.text), max_context_tokens=env.max_context_tokens,
-                reply_reserve_tokens=self._workload.reply_tokens, max_history_turns=defaults.max_history_turns,
+                reply_reserve_tokens=self._workload.reply_tokens,
+                max_history_turns=defaults.max_history_turns if self._workload.history_turns is None
+                else self._workload.history_turns,
             )
             request = ReplyRequest(
                 ids=CallIds(self._session_id, turn_id, self._workload.turn_seed(self._script.index, index)),
                 prompt=prompt, max_new_tokens=self._workload.reply_tokens, temperature=defaults.temperature,
-                speech_output=defaults.speech_output,
+                speech_output=self._workload.speech_output,
             )
             result = await env.pipeline.run(request, _Sink(sample), ReplyResult())
         except (BackendError, PromptTooLong) as error:
@@ -114,6 +114,9 @@ class InProcessSession:
         sample.finished = time.perf_counter()
         sample.outcome = "suppressed" if result.suppressed else "completed"
         sample.reply_tokens = len(result.token_ids)
+        if result.llm_done is not None:
+            sample.prefilled_tokens = result.llm_done.prefilled_tokens
+            sample.cached_tokens = result.llm_done.cached_tokens
         for stage in result.stages:
             sample.add_stage(stage.stage, stage.queue_ns / 1e6, stage.compute_ns / 1e6)
         self._history.append(TurnRecord(

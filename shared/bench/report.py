@@ -91,6 +91,8 @@ def write_json(path: Path, doc: dict) -> None:
 _ROWS = (
     ("ttft_ms", "time to first text (ms)"),
     ("ttfa_ms", "time to first audio (ms)"),
+    ("first_segment_ms", "  input → 1st speech segment"),
+    ("segment_to_audio_ms", "  1st segment → audio (ms)"),
     ("eos_to_audio_ms", "end of speech → audio (ms)"),
     ("server_ttft_ms", "  orchestrator-side ttft (ms)"),
     ("server_ttfa_ms", "  orchestrator-side ttfa (ms)"),
@@ -99,6 +101,8 @@ _ROWS = (
     ("underrun_stall_ms", "stalled ms / turn"),
     ("llm_tokens_per_s", "LLM decode tok/s / turn"),
     ("reply_tokens", "reply tokens / turn"),
+    ("prefilled_tokens", "prompt tokens prefilled / turn"),
+    ("cached_tokens", "prompt tokens from KV cache"),
     ("audio_s_per_turn", "reply audio s / turn"),
 )
 

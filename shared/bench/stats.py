@@ -22,11 +22,16 @@ class TurnSample:
     speech_end: float | None = None  # spoken turns: when the last voiced audio was sent
     first_text: float | None = None
     last_text: float | None = None
+    # When the text that completes the reply's first speech segment arrived (the orchestrator's segmenter
+    # rule, default limits, replayed on the client): splits TTFA into LLM and speech parts.
+    first_segment: float | None = None
     first_audio: float | None = None
     finished: float | None = None
     audio_chunks: list[tuple[float, int]] = field(default_factory=list)  # (arrival, samples)
     sample_rate_hz: int = 24_000
     reply_tokens: int = 0
+    prefilled_tokens: int = 0  # prompt tokens the LLM computed (the rest came from its KV cache)
+    cached_tokens: int = 0
     # Stage → [queue_ms, compute_ms], summed over the turn (several speech segments).
     stages: dict[str, list[float]] = field(default_factory=dict)
     # What the orchestrator measured (TurnCompleted.timings): from when it received the input to when it
@@ -54,6 +59,14 @@ class TurnSample:
     @property
     def eos_to_audio_ms(self) -> float | None:
         return _ms(self.first_audio, self.speech_end) if self.speech_end is not None else None
+
+    @property
+    def first_segment_ms(self) -> float | None:
+        return _ms(self.first_segment, self.input_end)
+
+    @property
+    def segment_to_audio_ms(self) -> float | None:
+        return _ms(self.first_audio, self.first_segment)
 
     @property
     def audio_s(self) -> float:
@@ -95,10 +108,34 @@ class TurnSample:
             end += samples / self.sample_rate_hz
         return underruns, stalled * 1000
 
+    def on_text(self, text: str, arrived: float, watch: "FirstSegmentWatch") -> None:
+        if not text:
+            return
+        self.first_text = self.first_text or arrived
+        self.last_text = arrived
+        if self.first_segment is None and watch.push(text):
+            self.first_segment = arrived
+
     def add_stage(self, stage: str, queue_ms: float, compute_ms: float) -> None:
         totals = self.stages.setdefault(stage, [0.0, 0.0])
         totals[0] += queue_ms
         totals[1] += compute_ms
+
+
+class FirstSegmentWatch:
+    """Replays the orchestrator's segmenter (default limits) on the streamed text: `push` returns True
+    when the first speech segment is complete."""
+
+    def __init__(self):
+        from services.orchestrator.config import OrchestratorSettings
+        from services.orchestrator.segmenter import Segmenter
+
+        defaults = OrchestratorSettings.model_fields
+        self._segmenter = Segmenter(defaults["first_segment_max_chars"].default, defaults["segment_min_chars"].default,
+                                    defaults["segment_max_chars"].default)
+
+    def push(self, text: str) -> bool:
+        return bool(self._segmenter.push(text))
 
 
 def _ms(later: float | None, earlier: float | None) -> float | None:
@@ -166,6 +203,8 @@ def run_metrics(samples: list[TurnSample], wall_s: float) -> dict:
         "ttft_ms": summarize(s.ttft_ms for s in ok),
         "ttfa_ms": summarize(s.ttfa_ms for s in ok),
         "eos_to_audio_ms": summarize(s.eos_to_audio_ms for s in ok),
+        "first_segment_ms": summarize(s.first_segment_ms for s in ok),
+        "segment_to_audio_ms": summarize(s.segment_to_audio_ms for s in ok),
         "server_ttft_ms": summarize(s.server_ttft_ms for s in ok),
         "server_ttfa_ms": summarize(s.server_ttfa_ms for s in ok),
         "rtf": summarize(s.rtf for s in ok),
@@ -175,6 +214,8 @@ def run_metrics(samples: list[TurnSample], wall_s: float) -> dict:
         "turns_with_underruns": sum(1 for u, _ in playback if u),
         "llm_tokens_per_s": summarize(s.llm_tokens_per_s for s in ok),
         "reply_tokens": summarize(s.reply_tokens for s in ok),
+        "prefilled_tokens": summarize(s.prefilled_tokens for s in ok),
+        "cached_tokens": summarize(s.cached_tokens for s in ok),
         "audio_s_per_turn": summarize(s.audio_s for s in ok if s.audio_chunks),
         "stages": {
             name: {

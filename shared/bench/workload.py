@@ -90,6 +90,8 @@ class Workload:
     reply_tokens: int  # max_reply_tokens of every turn
     seed: int
     speech_end: str = "commit"  # spoken turns end by "commit" (push-to-talk) or "vad"
+    speech_output: bool = True  # False: text replies only (isolates the LLM)
+    history_turns: int | None = None  # max_history_turns of the sessions; None = the server's default
     kinds: dict[str, int] = field(default_factory=dict)  # turns per kind, all sessions
 
     @property
@@ -127,9 +129,13 @@ def build_workload(
     mix: str = TEXT,
     workload_file: Path | None = None,
     speech_end: str = "commit",
+    speech_output: bool = True,
+    history_turns: int | None = None,
 ) -> Workload:
     if sessions < 1 or turns < 1 or warmup < 0 or reply_tokens < 1:
         raise ValueError("sessions, turns and reply tokens must be >= 1, warmup >= 0")
+    if history_turns is not None and history_turns < 0:
+        raise ValueError("history_turns must be >= 0")
     if speech_end not in ("commit", "vad"):
         raise ValueError("speech_end must be 'commit' or 'vad'")
     per_session = warmup + turns
@@ -161,7 +167,7 @@ def build_workload(
                     script.append(BenchTurn(TEXT, text=text))
             scripts.append(SessionScript(i, tuple(script)))
     counts = {k: sum(1 for s in scripts for t in s.turns if t.kind == k) for k in TURN_KINDS}
-    return Workload(tuple(scripts), warmup, reply_tokens, seed, speech_end, counts)
+    return Workload(tuple(scripts), warmup, reply_tokens, seed, speech_end, speech_output, history_turns, counts)
 
 
 # ----- files -----

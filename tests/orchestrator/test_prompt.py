@@ -66,3 +66,23 @@ def test_too_long_names_the_limit_and_old_turns_are_dropped_first(tokenizer):
     assert length <= 600 - 64
     kept = tokenizer.decode(ids_of(prompt)).count("<|im_start|>user") - 1
     assert 0 < kept < 8
+
+
+def test_history_window_moves_in_steps_so_the_kv_cache_prefix_holds(tokenizer):
+    """Dropping one old turn per new turn would change the prompt prefix every turn (a full re-prefill);
+    the window start moves by half the window instead, and never keeps more than max_history_turns."""
+    builder = PromptBuilder(tokenizer)
+    history = [TurnRecord(turn_id=str(i), started_unix_ms=0, user_text=f"question {i}", reply_token_ids=[100 + i])
+               for i in range(16)]
+
+    def prompt_ids(turns: int) -> list[int]:
+        prompt, _ = builder.build(history[:turns], UserMessage("next"), max_context_tokens=4096,
+                                  reply_reserve_tokens=8, max_history_turns=8)
+        return ids_of(prompt)
+
+    kept = [tokenizer.decode(prompt_ids(n)).count("<|im_start|>user") - 1 for n in range(8, 17)]
+    assert kept == [8, 5, 6, 7, 8, 5, 6, 7, 8]
+    suffix = len(tokenizer.encode_template("<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n"))
+    for turns in (10, 11, 12, 14, 15, 16):  # the previous turn's prompt is a prefix of this one's
+        previous = prompt_ids(turns - 1)[:-suffix]
+        assert prompt_ids(turns)[: len(previous)] == previous
