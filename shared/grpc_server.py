@@ -26,6 +26,7 @@ from prometheus_client import start_http_server
 from shared import tracing
 from shared.checkpoint import CheckpointError
 from shared.metrics import RpcMetrics
+from shared.rpc_handlers import rewrap_handler
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -172,16 +173,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapped
 
-        common = dict(
-            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **common)
-        return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **common)
+        return rewrap_handler(handler, wrap_unary, wrap_stream)
 
 
 _PR_SET_PDEATHSIG = 1

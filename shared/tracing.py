@@ -27,6 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from shared.rpc_handlers import rewrap_handler
+
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "vita-serve"
@@ -202,16 +204,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapped
 
-        common = dict(
-            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **common)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **common)
-        return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **common)
+        return rewrap_handler(handler, wrap_unary, wrap_stream)
 
 
 # ------------------------------------------------------------------------------------------ client

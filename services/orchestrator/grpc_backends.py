@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from contextlib import contextmanager
 from typing import AsyncIterator
 
 import grpc
@@ -61,6 +62,15 @@ def backend_error(service: str, error: grpc.aio.AioRpcError) -> BackendError:
     return BackendError(code.name, error.details() or f"{service} call failed")
 
 
+@contextmanager
+def rpc_errors(service: str):
+    """A failed call to a model service becomes a BackendError the turn can report."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise backend_error(service, error) from None
+
+
 async def wait_connected(channel: grpc.aio.Channel, service: str, timeout_s: float) -> None:
     """Fails fast with UNAVAILABLE instead of letting a call hang on a dead address."""
     try:
@@ -77,10 +87,8 @@ class GrpcLLM:
 
     async def describe(self) -> LLMFacts:
         await wait_connected(self._channel, "llm", self._connect_timeout_s)
-        try:
+        with rpc_errors("llm"):
             reply = await self._stub.Describe(llm_pb2.DescribeRequest(), timeout=self._connect_timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("llm", error) from None
         return LLMFacts(
             max_context_tokens=reply.max_context_tokens,
             hidden_size=reply.hidden_size,
@@ -110,21 +118,20 @@ class GrpcLLM:
         await wait_connected(self._channel, "llm", self._connect_timeout_s)
         call = self._stub.Generate(request)
         try:
-            async for response in call:
-                if response.HasField("delta"):
-                    yield LLMDelta(tuple(response.delta.token_ids), response.delta.text)
-                else:
-                    done = response.done
-                    yield LLMDone(
-                        finish_reason=done.finish_reason,
-                        prompt_tokens=done.prompt_tokens,
-                        cached_tokens=done.cached_tokens,
-                        prefilled_tokens=done.prefilled_tokens,
-                        generated_tokens=done.generated_tokens,
-                        timings=stage_times(done.timings),
-                    )
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("llm", error) from None
+            with rpc_errors("llm"):
+                async for response in call:
+                    if response.HasField("delta"):
+                        yield LLMDelta(tuple(response.delta.token_ids), response.delta.text)
+                    else:
+                        done = response.done
+                        yield LLMDone(
+                            finish_reason=done.finish_reason,
+                            prompt_tokens=done.prompt_tokens,
+                            cached_tokens=done.cached_tokens,
+                            prefilled_tokens=done.prefilled_tokens,
+                            generated_tokens=done.generated_tokens,
+                            timings=stage_times(done.timings),
+                        )
         finally:
             call.cancel()
 
@@ -143,22 +150,18 @@ class GrpcSpeechStream:
         self._call = call
 
     async def push(self, index: int, text: str) -> None:
-        try:
+        with rpc_errors("speech"):
             await self._call.write(speech_pb2.SynthesizeRequest(segment=speech_pb2.TextSegment(index=index, text=text)))
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("speech", error) from None
 
     async def end(self) -> None:
-        try:
+        with rpc_errors("speech"):
             await self._call.done_writing()
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("speech", error) from None
 
     def cancel(self) -> None:
         self._call.cancel()
 
     async def events(self) -> AsyncIterator[SpeechEvent]:
-        try:
+        with rpc_errors("speech"):
             while True:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
@@ -173,8 +176,6 @@ class GrpcSpeechStream:
                     )
                 elif kind == "done":
                     yield SpeechDone(response.done.reason)
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("speech", error) from None
 
 
 class GrpcSpeech:
@@ -186,10 +187,8 @@ class GrpcSpeech:
     async def open(self, ids: CallIds) -> GrpcSpeechStream:
         await wait_connected(self._channel, "speech", self._connect_timeout_s)
         call = self._stub.Synthesize()
-        try:
+        with rpc_errors("speech"):
             await call.write(speech_pb2.SynthesizeRequest(start=speech_pb2.SynthesisStart(ctx=call_context(ids))))
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("speech", error) from None
         return GrpcSpeechStream(call)
 
 
@@ -198,13 +197,11 @@ class GrpcSpeech:
 
 async def _collect_embeddings(call, kind: str, service: str) -> EncodedMedia:
     chunks, timings = [], ()
-    try:
+    with rpc_errors(service):
         async for chunk in call:
             chunks.append(from_proto(chunk.embeddings))
             if chunk.timings:
                 timings = stage_times(chunk.timings)
-    except grpc.aio.AioRpcError as error:
-        raise backend_error(service, error) from None
     if not chunks:
         raise BackendError("INTERNAL", f"the {service} service returned no embeddings")
     return EncodedMedia(kind, torch.cat(chunks, dim=0), timings)
@@ -245,22 +242,18 @@ class GrpcVoiceStream:
         self._call = call
 
     async def send(self, pcm: bytes) -> None:
-        try:
+        with rpc_errors("audio"):
             await self._call.write(audio_pb2.AudioInput(chunk=audio_pb2.PcmChunk(data=pcm)))
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("audio", error) from None
 
     async def commit(self) -> None:
-        try:
+        with rpc_errors("audio"):
             await self._call.write(audio_pb2.AudioInput(commit=audio_pb2.Commit()))
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("audio", error) from None
 
     def close(self) -> None:
         self._call.cancel()
 
     async def events(self) -> AsyncIterator[VoiceEvent]:
-        try:
+        with rpc_errors("audio"):
             while True:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
@@ -276,8 +269,6 @@ class GrpcVoiceStream:
                     yield VoiceUtterance(u.index, clip, u.pcm16k, u.duration_ms, u.eos_to_ready_ns)
                 elif kind == "dropped":
                     yield VoiceDropped(response.dropped.reason, response.dropped.duration_ms)
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("audio", error) from None
 
 
 class GrpcAudio:
@@ -294,10 +285,8 @@ class GrpcAudio:
             format=audio_pb2.AudioFormat(sample_rate_hz=fmt.sample_rate_hz, encoding=_ENCODINGS[fmt.encoding]),
             vad=audio_pb2.VadConfig(**dataclasses.asdict(vad)),
         )
-        try:
+        with rpc_errors("audio"):
             await call.write(audio_pb2.AudioInput(start=start))
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("audio", error) from None
         return GrpcVoiceStream(call)
 
     async def encode_clip(self, ids: CallIds, pcm16k: bytes) -> EncodedMedia:
@@ -306,8 +295,6 @@ class GrpcAudio:
             ctx=call_context(ids), pcm=pcm16k,
             format=audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=audio_pb2.SAMPLE_ENCODING_PCM16),
         )
-        try:
+        with rpc_errors("audio"):
             reply = await self._stub.EncodeClip(request)
-        except grpc.aio.AioRpcError as error:
-            raise backend_error("audio", error) from None
         return EncodedMedia("audio", from_proto(reply.embeddings), stage_times(reply.timings))
