@@ -113,6 +113,7 @@ class ApiSession:
         sender: asyncio.Task | None = None
         if turn.kind == SPOKEN:
             sender = asyncio.create_task(self._stream_audio(turn, turn_id, sample, done))
+            sender.add_done_callback(self._on_sender_done)
             expected = turn_id if self._workload.speech_end == "commit" else None
         else:
             message = pb.UserTurn(turn_id=turn_id, text=turn.text, seed=self._workload.turn_seed(self._script.index, index),
@@ -130,11 +131,17 @@ class ApiSession:
         finally:
             done.set()
             if sender is not None:
-                sender.cancel()
+                # Not cancelled: a write cancelled half-way can break the whole stream. It stops by
+                # itself after the chunk in flight.
                 await asyncio.gather(sender, return_exceptions=True)
         if sample.unsupported:
             self._unsupported.add(turn.kind)
         return sample
+
+    def _on_sender_done(self, task: asyncio.Task) -> None:
+        """A failed audio write ends the turn (its collector would otherwise wait for the timeout)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._events.put_nowait((time.perf_counter(), task.exception()))
 
     async def _stream_audio(self, turn: BenchTurn, turn_id: str, sample: TurnSample, done: asyncio.Event) -> None:
         """Real-time pace: chunk i leaves when its last sample has been "recorded" (t0 + (i+1)·40 ms)."""
@@ -147,7 +154,8 @@ class ApiSession:
             sample.input_end = sample.speech_end  # the server's VAD has to find it
         offset, chunk = 0, 0
         # Under VAD a client keeps streaming its microphone (silence here) until the reply is over.
-        while offset < len(turn.pcm16) or (self._workload.speech_end == "vad" and not done.is_set()):
+        vad = self._workload.speech_end == "vad"
+        while not done.is_set() and (offset < len(turn.pcm16) or vad):
             chunk += 1
             delay = t0 + chunk * chunk_s - time.perf_counter()
             if delay > 0:
@@ -155,7 +163,7 @@ class ApiSession:
             data = turn.pcm16[offset: offset + 2 * chunk_samples] if offset < len(turn.pcm16) else silence
             offset += len(data)
             await self._call.write(pb.ClientEvent(audio=pb.AudioAppend(data=data)))
-        if self._workload.speech_end == "commit":
+        if not vad and not done.is_set():
             sample.input_end = time.perf_counter()
             await self._call.write(pb.ClientEvent(audio_commit=pb.AudioCommit(turn_id=turn_id)))
 
@@ -163,8 +171,8 @@ class ApiSession:
         watch = FirstSegmentWatch()
         while True:
             arrived, event = await self._events.get()
-            if event is _EOF or isinstance(event, grpc.aio.AioRpcError):
-                detail = event.code().name if isinstance(event, grpc.aio.AioRpcError) else "EOF"
+            if event is _EOF or isinstance(event, Exception):
+                detail = event.code().name if isinstance(event, grpc.aio.AioRpcError) else repr(event)
                 sample.error = f"STREAM_ENDED: {detail}"
                 return
             kind = event.WhichOneof("event")

@@ -36,7 +36,8 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    import torch
+    """Where the numbers come from. torch is not imported for this (the distributed client needs none)."""
+    from importlib import metadata
 
     info = {
         "cpu_model": cpu_model(),
@@ -45,11 +46,9 @@ def machine_info() -> dict:
         "load_average": list(os.getloadavg()),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
+        "torch": metadata.version("torch"),
+        "gpus": _gpus(),
     }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
     try:
         root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -60,6 +59,15 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def _gpus() -> list[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def run_result(concurrency: int, metrics: dict, load_before: list[float]) -> dict:

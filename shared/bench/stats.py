@@ -61,12 +61,17 @@ class TurnSample:
         return _ms(self.first_audio, self.speech_end) if self.speech_end is not None else None
 
     @property
+    def _segment_ready(self) -> float | None:
+        # A reply too short (or too unpunctuated) to cut is spoken whole when the LLM finishes.
+        return self.first_segment if self.first_segment is not None else self.last_text
+
+    @property
     def first_segment_ms(self) -> float | None:
-        return _ms(self.first_segment, self.input_end)
+        return _ms(self._segment_ready, self.input_end) if self.first_audio is not None else None
 
     @property
     def segment_to_audio_ms(self) -> float | None:
-        return _ms(self.first_audio, self.first_segment)
+        return _ms(self.first_audio, self._segment_ready)
 
     @property
     def audio_s(self) -> float:

@@ -42,6 +42,7 @@ INPUT_SAMPLE_RATE_HZ = 16_000  # what spoken turns are streamed at (the audio se
 AUDIO_CHUNK_MS = 40  # one `audio` event per 40 ms of speech, sent at real-time pace
 VAD_TRAILING_SILENCE_S = 1.5  # silence streamed after the speech when the server's VAD ends the turn
 SYNTHETIC_IMAGE_SIZE = 448  # one InternViT tile
+VOICED_THRESHOLD = 0.01  # -40 dBFS: quieter samples at the end of a clip are taken as silence
 
 PROMPTS = (
     "Hello! Who are you?",
@@ -195,8 +196,9 @@ def _turn_from_dict(spec: dict, base: Path, synth: "_Synth") -> BenchTurn:
         return BenchTurn(TEXT, text=spec["text"])
     if kind == SPOKEN:
         if "audio" in spec:
-            pcm, speech_s = read_wav_16k((base / spec["audio"]))
-            return synth.with_trailing(pcm, spec.get("speech_end_s", speech_s))
+            pcm = read_wav_16k(base / spec["audio"])
+            samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+            return synth.with_trailing(pcm, float(spec.get("speech_end_s", voiced_end_s(samples))))
         if "say" in spec:
             return synth.spoken(spec["say"])
         raise ValueError("a spoken turn needs `audio` (a WAV file) or `say` (text to synthesise)")
@@ -206,15 +208,22 @@ def _turn_from_dict(spec: dict, base: Path, synth: "_Synth") -> BenchTurn:
     raise ValueError(f"unknown turn kind {kind!r}; use {', '.join(TURN_KINDS)}")
 
 
-def read_wav_16k(path: Path) -> tuple[bytes, float]:
-    """A WAV file as 16 kHz mono PCM16, and its duration in s."""
+def read_wav_16k(path: Path) -> bytes:
+    """A WAV file as 16 kHz mono PCM16."""
     with wave.open(str(path), "rb") as wav:
         rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
         frames = wav.readframes(wav.getnframes())
     if width != 2:
         raise ValueError(f"{path}: only 16-bit WAV is supported")
     samples = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768
-    return _to_pcm16(_resample(samples, rate)), len(samples) / rate
+    return _to_pcm16(_resample(samples, rate))
+
+
+def voiced_end_s(samples: np.ndarray, threshold: float = VOICED_THRESHOLD) -> float:
+    """Where the speech ends: after the last sample above -40 dBFS (synthesisers pad their output with
+    silence; end of speech → first audio is measured from the voice, not from the padding)."""
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    return float(loud[-1] + 1 if loud.size else len(samples)) / INPUT_SAMPLE_RATE_HZ
 
 
 # ----- synthetic inputs -----
@@ -234,7 +243,7 @@ class _Synth:
             samples = self._espeak_samples(text) if self._espeak else None
             if samples is None:
                 samples = voiced_signal(text)
-            self._cache[text] = self.with_trailing(_to_pcm16(samples), len(samples) / INPUT_SAMPLE_RATE_HZ, text)
+            self._cache[text] = self.with_trailing(_to_pcm16(samples), voiced_end_s(samples), text)
         return self._cache[text]
 
     def with_trailing(self, pcm16: bytes, speech_s: float, text: str = "") -> BenchTurn:
