@@ -12,6 +12,17 @@ from shared.tokenizer import STATE_SYMBOLS
 BREAK_CHARS = frozenset(",，.。?？!！、\n")
 
 
+def _is_cjk(char: str) -> bool:
+    code = ord(char)
+    return (
+        0x3040 <= code <= 0x30FF  # kana
+        or 0x3400 <= code <= 0x4DBF  # CJK extension A
+        or 0x4E00 <= code <= 0x9FFF  # CJK unified ideographs
+        or 0xAC00 <= code <= 0xD7AF  # Hangul syllables
+        or 0xF900 <= code <= 0xFAFF  # CJK compatibility ideographs
+    )
+
+
 class Segmenter:
     def __init__(self, first_max_chars: int, min_chars: int, max_chars: int):
         self._first_max_chars = first_max_chars
@@ -45,7 +56,9 @@ class Segmenter:
             # The first segment ends at the first mark, however short: first audio starts early.
             return first or length >= self._min_chars
         limit = self._first_max_chars if first else self._max_chars
-        return length >= limit and (char.isspace() or length >= limit + 20)
+        # Past the limit, cut at a word boundary: a space, or after any CJK character (those scripts
+        # write no spaces, and each character is a word-like unit); otherwise 20 characters later.
+        return length >= limit and (char.isspace() or _is_cjk(char) or length >= limit + 20)
 
     def _take(self) -> str:
         text = "".join(self._buffer).strip()

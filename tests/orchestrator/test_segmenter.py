@@ -37,3 +37,10 @@ def test_later_segments_wait_for_min_chars():
     segments = segments_of(["Ok. a, b, cdefgh, ij."])
     assert segments[0] == "Ok."
     assert segments[1] == "a, b,"
+
+
+def test_unpunctuated_cjk_text_is_cut_at_the_limit_not_later():
+    text = "今天天气很好我们一起去公园散步然后吃午饭再回家休息一下晚上看电影听音乐读书写字画画"
+    segments = segments_of([text])
+    assert len(segments[0]) == 40
+    assert "".join(segments) == text
