@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from tests.client import Client, metric, scrape
-from tests.integration.test_media_turns import image_input, photo
+from tests.integration.test_media_turns import image_input
+from tests.vision.media import encode_image
 from vita.assistant.v1 import assistant_pb2
 
 
@@ -31,7 +33,9 @@ async def test_metrics_parse_and_move_with_a_turn(stack):
     async with Client(stack.address) as client:
         session_id = await client.create_session(seed=1, max_reply_tokens=12, vad={"enabled": False})
         async with client.converse(session_id) as conv:
-            image_turn = await conv.turn("What is this?", media=[image_input(photo())])
+            # An image no other test sends: the orchestrator's embedding cache must not spare the encode.
+            unique = encode_image(Image.new("RGB", (500, 400), (12, 34, 56)), "PNG")
+            image_turn = await conv.turn("What is this?", media=[image_input(unique)])
         conv = client.converse(session_id)
         conv.call = client.stub.Converse(metadata=client.metadata)
         await conv.call.write(assistant_pb2.ClientEvent(start=assistant_pb2.ConverseStart(
