@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 from shared import tracing
 from shared.checkpoint import CheckpointError
 from shared.metrics import RpcMetrics
-from shared.rpc_handlers import rewrap_handler
+from shared.rpc_handlers import final_code, wrap_around
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -133,47 +133,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         metrics = self._metrics
 
-        def finish(context, started: float, error: BaseException | None) -> None:
-            if isinstance(error, asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
-            elif error is not None and not isinstance(error, grpc.aio.AbortError):
-                code = grpc.StatusCode.INTERNAL
-            else:
-                code = context.code() or grpc.StatusCode.OK
-            metrics.calls.labels(method, code.name if isinstance(code, grpc.StatusCode) else str(code)).inc()
+        def enter(context) -> float:
+            metrics.active.labels(method).inc()
+            return time.perf_counter()
+
+        def leave(context, started: float, error: BaseException | None) -> None:
+            metrics.calls.labels(method, final_code(context, error).name).inc()
             metrics.duration.labels(method).observe(time.perf_counter() - started)
             metrics.active.labels(method).dec()
 
-        def wrap_unary(behaviour):
-            async def wrapped(request_or_iterator, context):
-                metrics.active.labels(method).inc()
-                started, error = time.perf_counter(), None
-                try:
-                    return await behaviour(request_or_iterator, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(context, started, error)
-
-            return wrapped
-
-        def wrap_stream(behaviour):
-            async def wrapped(request_or_iterator, context):
-                metrics.active.labels(method).inc()
-                started, error = time.perf_counter(), None
-                try:
-                    async for response in behaviour(request_or_iterator, context):
-                        yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(context, started, error)
-
-            return wrapped
-
-        return rewrap_handler(handler, wrap_unary, wrap_stream)
+        return wrap_around(handler, enter, leave)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -15,7 +15,6 @@ calls (our speech path is one), and it is one more beta dependency; what we need
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Awaitable, TypeVar
 
@@ -27,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from shared.rpc_handlers import rewrap_handler
+from shared.rpc_handlers import final_code, wrap_around
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +134,6 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
-def _final_code(context, error: BaseException | None) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    if error is not None and not isinstance(error, grpc.aio.AbortError):
-        return grpc.StatusCode.INTERNAL
-    code = context.code()
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
-
-
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """A SERVER span per RPC, child of the caller's span when the metadata carries one, current while the
     handler runs; ends with the RPC's final status code (for all four call shapes)."""
@@ -159,12 +149,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         attributes = _rpc_attributes(method)
         name = method.lstrip("/")
 
-        def start():
+        def enter(context):
             span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
             return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
-        def finish(span, token, context, error: BaseException | None) -> None:
-            code = _final_code(context, error)
+        def leave(context, state, error: BaseException | None) -> None:
+            span, token = state
+            code = final_code(context, error)
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code not in _NOT_ERRORS:
                 span.set_status(Status(StatusCode.ERROR, code.name))
@@ -173,38 +164,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             span.end()
             otel_context.detach(token)
 
-        def wrap_unary(behaviour):
-            async def wrapped(request_or_iterator, context):
-                span, token = start()
-                error = None
-                try:
-                    return await behaviour(request_or_iterator, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(span, token, context, error)
-
-            return wrapped
-
-        def wrap_stream(behaviour):
-            async def wrapped(request_or_iterator, context):
-                # grpc.aio drives a response generator from the RPC's own task, start to finish, so
-                # the context attached here is detached in the same context.
-                span, token = start()
-                error = None
-                try:
-                    async for response in behaviour(request_or_iterator, context):
-                        yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(span, token, context, error)
-
-            return wrapped
-
-        return rewrap_handler(handler, wrap_unary, wrap_stream)
+        return wrap_around(handler, enter, leave)
 
 
 # ------------------------------------------------------------------------------------------ client
