@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from shared.launcher import Stack, StackConfig
+from apps.launcher import Stack, StackConfig
 from tests.client import Client
 from vita.assistant.v1 import assistant_pb2
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.launcher import Stack, StackConfig
-from shared.redis_server import LocalRedis
+from apps.launcher import Stack, StackConfig
+from apps.redis_server import LocalRedis
 
 
 def _child_pids() -> set[int]:

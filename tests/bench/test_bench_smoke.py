@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from shared.bench.command import build_document, collect
-from shared.bench.plot import plot_latency
-from shared.bench.report import machine_info, write_json
-from shared.bench.stats import TurnSample, busy_seconds, percentile, summarize
-from shared.bench.workload import IMAGE, SPOKEN, TEXT, build_workload
-from shared.cli import build_parser
+from apps.bench.command import build_document, collect
+from apps.bench.plot import plot_latency
+from apps.bench.report import machine_info, write_json
+from apps.bench.stats import TurnSample, busy_seconds, percentile, summarize
+from apps.bench.workload import IMAGE, SPOKEN, TEXT, build_workload
+from apps.cli import build_parser
 
 PERCENTILE_METRICS = ("ttft_ms", "ttfa_ms", "rtf", "underruns", "llm_tokens_per_s")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main as vita
+from apps.cli import main as vita
 
 
 @pytest.fixture(scope="session")

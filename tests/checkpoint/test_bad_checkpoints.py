@@ -18,8 +18,8 @@ from services.llm.weights import load_llm
 from services.speech.weights import load_speech_models
 from services.vision.weights import load_vision
 from shared.checkpoint import CheckpointError
-from shared.checkpoint.inspect import inspect_checkpoint
-from shared.cli import main as vita
+from apps.checkpoint.inspect import inspect_checkpoint
+from apps.cli import main as vita
 
 from .conftest import replace_bytes
 

@@ -11,11 +11,11 @@ from services.audio.checkpoint import expected_shapes as audio_expected
 from services.llm.checkpoint import expected_shapes as llm_expected
 from services.speech.checkpoint import codec_expected_shapes, tts_expected_shapes
 from services.vision.checkpoint import expected_shapes as vision_expected
-from shared.checkpoint import official
+from apps.checkpoint import official
 from shared.checkpoint.dims import audio_dims, codec_dims, llm_dims, tts_dims, vision_dims
 from shared.checkpoint.files import read_json, read_yaml
 from shared.checkpoint.layout import AUDIO_PREFIX, PROJECTOR_PREFIX, VISION_PREFIX
-from shared.checkpoint.synth import write_configs
+from apps.checkpoint.synth import write_configs
 from shared.presets import FULL
 
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from shared.checkpoint.synth import synthesize
-from shared.launcher import Stack, StackConfig
+from apps.checkpoint.synth import synthesize
+from apps.launcher import Stack, StackConfig
 from shared.presets import TINY
 from tests.client import Client
 

@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
 
 
 def test_vita_up_then_chat_then_sigterm_leaves_no_process(tmp_path):
-    vita = [sys.executable, "-m", "shared.cli"]
+    vita = [sys.executable, "-m", "apps.cli"]
     up = subprocess.Popen([*vita, "up", "--port", "0", "--log-dir", str(tmp_path / "logs")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -63,7 +63,7 @@ async def test_warm_second_turn_prefills_only_new_tokens(stack):
 
 
 async def test_same_seed_same_audio_distributed_and_in_process(stack):
-    from services.orchestrator.inprocess import InProcessModels
+    from apps.inprocess import InProcessModels
     from services.orchestrator.pipeline import ReplyPipeline, ReplyRequest, ReplyResult, SegmenterLimits
     from services.orchestrator.prompt import PromptBuilder, UserMessage
     from services.orchestrator.backends import CallIds

@@ -8,8 +8,8 @@ import asyncio
 import time
 from typing import Protocol
 
-from shared.bench.stats import TurnSample
-from shared.bench.workload import BenchTurn, SessionScript, Workload
+from apps.bench.stats import TurnSample
+from apps.bench.workload import BenchTurn, SessionScript, Workload
 
 
 class SessionDriver(Protocol):

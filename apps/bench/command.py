@@ -9,13 +9,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT_TORCH_THREADS = 1  # shared.launcher.StackConfig.torch_threads: what every service of `vita up` gets
+DEFAULT_TORCH_THREADS = 1  # apps.launcher.StackConfig.torch_threads: what every service of `vita up` gets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("what is measured")
     where.add_argument("--address", default=None,
-                       help="Assistant API of a running stack; default: start one here (shared.launcher.Stack)")
+                       help="Assistant API of a running stack; default: start one here (apps.launcher.Stack)")
     where.add_argument("--api-key", default=None)
     where.add_argument("--inprocess", action="store_true",
                        help="the same workload through the same models in this process: no gRPC, no Redis")
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--seed", type=int, default=0, help="scripts and per-turn seeds derive from it")
     load.add_argument("--mix", default="text", help="turn kinds of the built-in workload, e.g. text=3,spoken=1,image=1")
     load.add_argument("--workload", type=Path, default=None, help="scripted conversations (JSON/YAML); see "
-                                                                  "shared/bench/workload.py")
+                                                                  "apps/bench/workload.py")
     load.add_argument("--speech-end", default="commit", choices=("commit", "vad"),
                       help="spoken turns end by audio_commit (push-to-talk) or by the server's VAD")
     load.add_argument("--history-turns", type=int, default=None,
@@ -65,18 +65,18 @@ def _concurrencies(spec: str) -> list[int]:
 async def collect(args, concurrencies: list[int], address: str | None) -> list[dict]:
     """Runs every concurrency in turn against `address` (or in-process with --inprocess); one result
     object per run, printed as it finishes."""
-    from shared.bench.report import format_run, run_result
-    from shared.bench.stats import run_metrics
-    from shared.bench.workload import build_workload
+    from apps.bench.report import format_run, run_result
+    from apps.bench.stats import run_metrics
+    from apps.bench.workload import build_workload
 
     env = None
     if args.inprocess:
-        from shared.bench.inprocess_runner import InProcessEnv, run_inprocess
+        from apps.bench.inprocess_runner import InProcessEnv, run_inprocess
 
         env = await asyncio.to_thread(InProcessEnv, args.preset, args.torch_threads, args.checkpoint)
         await env.start()
     else:
-        from shared.bench.client_runner import run_distributed
+        from apps.bench.client_runner import run_distributed
     runs = []
     try:
         for concurrency in concurrencies:
@@ -101,7 +101,7 @@ async def collect(args, concurrencies: list[int], address: str | None) -> list[d
 
 
 def build_document(args, runs: list[dict], machine: dict) -> dict:
-    from shared.bench.report import document
+    from apps.bench.report import document
 
     settings = {
         "turns_per_session": args.turns, "warmup": args.warmup, "reply_tokens": args.reply_tokens,
@@ -114,9 +114,9 @@ def build_document(args, runs: list[dict], machine: dict) -> dict:
 
 
 def run(args) -> int:
-    from shared.bench.report import format_summary, machine_info, write_json
+    from apps.bench.report import format_summary, machine_info, write_json
 
-    # The launcher gives every service this (shared.launcher); --inprocess gets it too, before torch loads.
+    # The launcher gives every service this (apps.launcher); --inprocess gets it too, before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     concurrencies = _concurrencies(args.concurrency)
     mode = "inprocess" if args.inprocess else "distributed"
@@ -129,7 +129,7 @@ def run(args) -> int:
     if args.inprocess or args.address:
         runs = asyncio.run(collect(args, concurrencies, args.address))
     else:
-        from shared.launcher import Stack, StackConfig
+        from apps.launcher import Stack, StackConfig
 
         log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="vita-bench-"))
         config = StackConfig(preset=args.preset, checkpoint=args.checkpoint, log_dir=log_dir,
@@ -147,7 +147,7 @@ def run(args) -> int:
         if len(runs) < 2:
             print("--plot needs several concurrencies (e.g. --concurrency 1,2,4,8); no plot drawn", file=sys.stderr)
         else:
-            from shared.bench.plot import plot_latency
+            from apps.bench.plot import plot_latency
 
             plot_latency(runs, args.plot, f"vita bench, {mode}, preset {args.preset}, reply {args.reply_tokens} tokens")
             print(f"plot written to {args.plot}")

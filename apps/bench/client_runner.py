@@ -9,9 +9,9 @@ import uuid
 
 import grpc
 
-from shared.bench.driver import run_phases
-from shared.bench.stats import FirstSegmentWatch, TurnSample
-from shared.bench.workload import (
+from apps.bench.driver import run_phases
+from apps.bench.stats import FirstSegmentWatch, TurnSample
+from apps.bench.workload import (
     AUDIO_CHUNK_MS,
     IMAGE,
     INPUT_SAMPLE_RATE_HZ,

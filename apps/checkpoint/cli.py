@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from shared.checkpoint.inspect import inspect_checkpoint
+    from apps.checkpoint.inspect import inspect_checkpoint
 
     report, ok = inspect_checkpoint(Path(args.dir))
     print(report)
@@ -15,7 +15,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.checkpoint.synth import synthesize
+    from apps.checkpoint.synth import synthesize
     from shared.presets import get_preset
 
     preset = get_preset(args.preset)

@@ -26,7 +26,7 @@ def cmd_serve(args) -> int:
 
 
 def _stack_config(args, log_dir: Path | None):
-    from shared.launcher import StackConfig
+    from apps.launcher import StackConfig
 
     return StackConfig(
         preset=args.preset,
@@ -38,7 +38,7 @@ def _stack_config(args, log_dir: Path | None):
 
 
 def cmd_up(args) -> int:
-    from shared.launcher import Stack
+    from apps.launcher import Stack
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -59,7 +59,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from shared.chat import chat_main
+    from apps.chat import chat_main
 
     return chat_main(args)
 
@@ -68,8 +68,8 @@ def cmd_demo(args) -> int:
     """Stack up, one text turn, reply WAV written, timings printed, stack stopped."""
     import asyncio
 
-    from shared.chat import print_report, run_turn
-    from shared.launcher import Stack
+    from apps.chat import print_report, run_turn
+    from apps.launcher import Stack
 
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="vita-demo-"))
     print(f"starting the {args.preset} stack (logs in {log_dir})...", flush=True)
@@ -91,7 +91,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from shared.bench.command import run
+    from apps.bench.command import run
 
     return run(args)
 
@@ -142,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reply.wav")
     demo.set_defaults(func=cmd_demo)
 
-    from shared.bench.command import add_arguments as bench_arguments
+    from apps.bench.command import add_arguments as bench_arguments
 
     bench = sub.add_parser("bench", help="concurrent sessions against the API (or --inprocess): latency percentiles")
     bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from shared.checkpoint.cli import add_parser as add_checkpoint_parser
+    from apps.checkpoint.cli import add_parser as add_checkpoint_parser
 
     add_checkpoint_parser(sub)
     return parser

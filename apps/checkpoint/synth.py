@@ -20,8 +20,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from shared.checkpoint import official
-from shared.checkpoint import synth_configs as cfg
+from apps.checkpoint import official
+from apps.checkpoint import synth_configs as cfg
 from shared.checkpoint.files import INDEX_FILE
 from shared.checkpoint.layout import (
     AUDIO_CMVN_FILE, AUDIO_CONFIG_FILE, AUDIO_DIR_NAMES, AUDIO_PREFIX, AUDIO_WEIGHTS_FILE, CONFIG_FILE,

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.grpc_server import READY_PREFIX
-from shared.redis_server import LocalRedis
+from apps.redis_server import LocalRedis
 
 MODEL_SERVICES = ("llm", "speech", "audio", "vision")
 

@@ -20,7 +20,7 @@ from shared.checkpoint import layout
 from shared.checkpoint.errors import CheckpointError
 from shared.checkpoint.files import ShardedSafetensors, TensorInfo, flatten_state_dict, load_pt
 from shared.checkpoint.strict import ServicePlan, tensor_infos
-from shared.checkpoint.synth_configs import SYNTHETIC_MARKER
+from apps.checkpoint.synth_configs import SYNTHETIC_MARKER
 
 _LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
 

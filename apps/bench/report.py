@@ -9,7 +9,7 @@ when the metric did not occur, e.g. `eos_to_audio_ms` without spoken turns):
     turns           measured turns that completed in the first run (warmup excluded)
     ttft_ms, ttfa_ms, eos_to_audio_ms, rtf, underruns, underrun_stall_ms, llm_tokens_per_s, reply_tokens,
     audio_s_per_turn, stages{name: {queue_ms, compute_ms}}, throughput{...}, failed_turns, errors, ...
-                    the first run's metrics (see shared/bench/stats.py run_metrics)
+                    the first run's metrics (see apps/bench/stats.py run_metrics)
     runs            one object of the same shape per concurrency, in the order given
     settings        turns per session, warmup, reply tokens, seed, workload
     machine, date   where and when (CPU model, cores, load average before/after, torch, GPU)

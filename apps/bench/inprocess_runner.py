@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from shared.bench.driver import run_phases
-from shared.bench.stats import FirstSegmentWatch, TurnSample
-from shared.bench.workload import TEXT, BenchTurn, SessionScript, Workload
+from apps.bench.driver import run_phases
+from apps.bench.stats import FirstSegmentWatch, TurnSample
+from apps.bench.workload import TEXT, BenchTurn, SessionScript, Workload
 
 
 class _Sink:
@@ -42,7 +42,7 @@ class InProcessEnv:
         import torch
 
         from services.orchestrator.config import OrchestratorSettings
-        from services.orchestrator.inprocess import InProcessModels
+        from apps.inprocess import InProcessModels
         from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
         from services.orchestrator.prompt import PromptBuilder
         from services.orchestrator.records import SessionSettings
