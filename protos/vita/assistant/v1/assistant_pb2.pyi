@@ -178,21 +178,31 @@ class CancelTurn(_message.Message):
     turn_id: str
     def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
 
+class PlaybackPosition(_message.Message):
+    __slots__ = ("turn_id", "played_ms")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_MS_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    played_ms: int
+    def __init__(self, turn_id: _Optional[str] = ..., played_ms: _Optional[int] = ...) -> None: ...
+
 class ClientEvent(_message.Message):
-    __slots__ = ("start", "turn", "audio", "audio_commit", "camera_frame", "cancel")
+    __slots__ = ("start", "turn", "audio", "audio_commit", "camera_frame", "cancel", "playback")
     START_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     AUDIO_COMMIT_FIELD_NUMBER: _ClassVar[int]
     CAMERA_FRAME_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     start: ConverseStart
     turn: UserTurn
     audio: AudioAppend
     audio_commit: AudioCommit
     camera_frame: CameraFrame
     cancel: CancelTurn
-    def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., turn: _Optional[_Union[UserTurn, _Mapping]] = ..., audio: _Optional[_Union[AudioAppend, _Mapping]] = ..., audio_commit: _Optional[_Union[AudioCommit, _Mapping]] = ..., camera_frame: _Optional[_Union[CameraFrame, _Mapping]] = ..., cancel: _Optional[_Union[CancelTurn, _Mapping]] = ...) -> None: ...
+    playback: PlaybackPosition
+    def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., turn: _Optional[_Union[UserTurn, _Mapping]] = ..., audio: _Optional[_Union[AudioAppend, _Mapping]] = ..., audio_commit: _Optional[_Union[AudioCommit, _Mapping]] = ..., camera_frame: _Optional[_Union[CameraFrame, _Mapping]] = ..., cancel: _Optional[_Union[CancelTurn, _Mapping]] = ..., playback: _Optional[_Union[PlaybackPosition, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ("session", "weights")
