@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -101,34 +102,34 @@ class QwenTokenizer:
         return self._template.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def incremental_decoder(self) -> "IncrementalDecoder":
-        return IncrementalDecoder(self)
+        return IncrementalDecoder(self._template)
 
 
 class IncrementalDecoder:
-    """Turns a stream of token ids into text deltas without splitting a UTF-8 character.
+    """Turns a stream of token ids into text deltas without splitting a UTF-8 character, at O(1) per token.
 
-    Byte-level BPE tokens can end in the middle of a multi-byte character (the decoder then yields
-    U+FFFD); such a tail is held back until the next token completes it.
+    Byte-level BPE tokens can end in the middle of a multi-byte character; `DecodeStream` then returns
+    nothing and holds those ids until a later token completes the character, so every delta is whole
+    UTF-8 (what `TokenDelta.text` promises). It decodes only a short window of recent ids, not the whole
+    reply, so a token costs the same at the end of a long reply as at its start (about 1 µs).
+    Special tokens are rendered as text, as `QwenTokenizer.decode` does; callers leave out the stop token.
     """
 
-    REPLACEMENT = "\ufffd"
-
-    def __init__(self, tokenizer: QwenTokenizer):
+    def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._emitted = 0  # characters of the decoded text already returned
+        self._stream = DecodeStream(skip_special_tokens=False)
+        self._held: list[int] = []  # ids whose text is not out yet: an unfinished character
 
     def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids)
-        if text.endswith(self.REPLACEMENT):
+        text = self._stream.step(self._tokenizer, token_id)
+        if text is None:
+            self._held.append(token_id)
             return ""
-        delta = text[self._emitted :]
-        self._emitted = len(text)
-        return delta
+        self._held.clear()
+        return text
 
     def flush(self) -> str:
-        text = self._tokenizer.decode(self._ids)
-        delta = text[self._emitted :]
-        self._emitted = len(text)
-        return delta
+        """The reply's end: a character that never completed comes out as U+FFFD rather than being lost."""
+        text = self._tokenizer.decode(self._held, skip_special_tokens=False) if self._held else ""
+        self._held.clear()
+        return text

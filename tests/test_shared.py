@@ -43,6 +43,35 @@ def test_incremental_decoder_never_splits_a_character():
     assert all("\ufffd" not in p for p in pieces)
 
 
+def test_incremental_decoder_keeps_special_tokens_and_ends_an_unfinished_character_as_u_fffd():
+    tok = QwenTokenizer.from_dir()
+    decoder = tok.incremental_decoder()
+    ids = [tok.special.state_text_reply, tok.special.im_start, *tok.encode_text("ok 𝄞")]
+    pieces = [decoder.push(i) for i in ids[:-1]]  # the reply stops one byte short of 𝄞
+    assert "".join(pieces) == "☜<|im_start|>ok"
+    assert decoder.flush() == tok.decode(ids[:-1])[len("☜<|im_start|>ok"):] == " \ufffd"
+
+
+def test_incremental_decoder_work_per_token_does_not_grow_with_the_reply(monkeypatch):
+    """Work is counted, not timed: the ids a push decodes again. The old decoder re-decoded the whole
+    reply on every token (O(n) each, O(n²) a turn); now only the ids of an unfinished character wait,
+    and the reply itself is never decoded again."""
+    tok = QwenTokenizer.from_dir()
+    text = "héllo 世界 ☞ 🦜 𝄞 done. " * 300
+    ids = tok.encode_text(text)
+    decoded_again = []
+    monkeypatch.setattr(QwenTokenizer, "decode", lambda self, ids, **_: decoded_again.append(len(ids)))
+    decoder = tok.incremental_decoder()
+    pieces, held = [], []
+    for token_id in ids:
+        pieces.append(decoder.push(token_id))
+        held.append(len(decoder._held))
+    assert len(ids) > 3000
+    assert decoded_again == []
+    assert max(held) <= 4  # at most the bytes of one UTF-8 character
+    assert "".join(pieces) + decoder.flush() == text
+
+
 def test_api_keys_map_to_tenants():
     keys = ApiKeys("k1=alpha, k2=beta")
     assert keys.tenant_for((("authorization", "Bearer k2"),)) == "beta"

@@ -127,29 +127,39 @@ class LLMServicer(llm_pb2_grpc.LLMServicer, LoadingGate):
             stop_token_ids=stop_ids,
         )
         events: EngineEvents = EngineEvents()
+        decoder = self._tokenizer.incremental_decoder()
+
+        def decode_and_hand_over(event) -> None:
+            # Detokenized here, on the engine thread, so the event loop only frames messages. A DecodeStream
+            # step (~1 µs) costs less than the hand-off itself (~4 µs); an executor would add a second
+            # thread hop per token for the same work.
+            text = ""
+            if isinstance(event, TokenEvent) and event.token_id not in stop_ids:  # the stop token is no text
+                text = decoder.push(event.token_id)
+            elif isinstance(event, FinishedEvent):
+                text = decoder.flush()
+            events.push((event, text))
+
         try:
-            self._engine.submit(engine_request, events.push)
+            self._engine.submit(engine_request, decode_and_hand_over)
         except EngineStopped:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the LLM service is shutting down")
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-        decoder = self._tokenizer.incremental_decoder()
         finished = False
         try:
             while True:
                 burst = [await events.get(), *events.drain()]
                 token_ids: list[int] = []
                 text = []
-                for event in burst:
+                for event, piece in burst:
                     if isinstance(event, TokenEvent):
                         token_ids.append(event.token_id)
-                        # The stop token ends the reply; it is not text the user should see.
-                        if event.token_id not in stop_ids:
-                            text.append(decoder.push(event.token_id))
+                        text.append(piece)
                     elif isinstance(event, FinishedEvent):
                         finished = True
-                        text.append(decoder.flush())
+                        text.append(piece)
                         if token_ids or any(text):
                             yield llm_pb2.GenerateResponse(delta=llm_pb2.TokenDelta(token_ids=token_ids, text="".join(text)))
                         self._observe(event)
