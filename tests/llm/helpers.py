@@ -6,15 +6,8 @@ import dataclasses
 import threading
 from collections.abc import Callable
 
-from services.llm.engine import (
-    Event,
-    FailedEvent,
-    FinishedEvent,
-    GenerationRequest,
-    LLMEngine,
-    TokenEvent,
-    TokenSegment,
-)
+from services.llm.engine import LLMEngine
+from services.llm.requests import Event, FailedEvent, FinishedEvent, GenerationRequest, TokenEvent, TokenSegment
 from shared.presets import TINY
 
 # The tiny preset with a cut vocabulary: every code path is the same, loading takes 0.1 s instead of 3 s,

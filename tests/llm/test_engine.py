@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from services.llm.engine import (
+from services.llm.engine import LLMEngine
+from services.llm.requests import (
     ContextTooLong,
     EmbeddingSegment,
     EngineStopped,
@@ -17,7 +18,6 @@ from services.llm.engine import (
     GenerationFailed,
     GenerationRequest,
     InvalidRequest,
-    LLMEngine,
     MissingMediaRows,
     TokenEvent,
     TokenSegment,
@@ -364,3 +364,14 @@ def test_stop_fails_in_flight_requests_and_refuses_new_ones(make_engine: MakeEng
     assert isinstance(collector.failed.error, EngineStopped)
     with pytest.raises(EngineStopped):
         engine.submit(token_request("b", "s", prompt_ids(8)), Collector())
+
+
+def test_stats_carry_the_loop_counters_and_cancel_after_stop_is_harmless(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    run_one(engine, token_request("a", "s", prompt_ids(8), max_new_tokens=3))
+    loop = engine.stats().loop
+    assert loop.running and loop.commands_applied == 1 and loop.steps >= 2 and loop.busy_s > 0
+    engine.stop()
+    engine.cancel("a")  # a servicer cancels in its cleanup, possibly after shutdown
+    engine.release_session("s")
+    assert not engine.stats().loop.running
