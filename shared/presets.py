@@ -1,12 +1,12 @@
 """Model dimensions for every module, by preset.
 
-`full` is VITA-1.5 (spec §2-§5); `tiny` keeps every architecture and every rate of `full` (patch 14 at
+`full` is VITA-1.5 (docs/MODEL.md#presets); `tiny` keeps every architecture and every rate of `full` (patch 14 at
 448 px, 80 mel bins, ×4 subsampling, 4 TTS frames per text token, ×600 codec upsampling, the real Qwen
 vocabulary) with small widths, so that it runs on 2 CPU cores. Random weights are seeded per module; the
 LLM input-embedding table is shared by the LLM and the speech service, so both derive it from the same
 seed (see `shared.random_weights`).
 
-When a checkpoint directory is served, the dimensions come from its own config files instead (issue 5);
+When a checkpoint directory is served, the dimensions come from its own config files instead (docs/CHECKPOINTS.md);
 these dataclasses are then filled by the checkpoint loader, never hard-coded.
 """
 
@@ -33,7 +33,7 @@ class LLMDims:
 
 @dataclass(frozen=True)
 class TTSDims:
-    """The TTS decoder of spec §5.2. `hidden_size` equals LLM width / 4 (4 frames per text token)."""
+    """The TTS decoder (docs/MODEL.md#tts). `hidden_size` equals LLM width / 4 (4 frames per text token)."""
 
     hidden_size: int
     intermediate_size: int
@@ -51,7 +51,7 @@ class TTSDims:
 
 @dataclass(frozen=True)
 class CodecDims:
-    """TiCodec generator of spec §5.3."""
+    """TiCodec generator (docs/MODEL.md#codec)."""
 
     codebook_dim: int
     upsample_initial_channel: int
@@ -62,7 +62,7 @@ class CodecDims:
     n_codes: int = 1024
     global_code_num: int = 8
     global_dim: int = 128
-    # Fixed voice: one id per global codebook (Freeze-Omni model.json values, spec §5.3).
+    # Fixed voice: one id per global codebook (Freeze-Omni model.json values, docs/MODEL.md#d-voice-ids).
     global_tokens: tuple[int, ...] = (473, 975, 419, 219, 565, 121, 550, 616)
     sampling_rate: int = 24000
 
@@ -76,7 +76,7 @@ class CodecDims:
 
 @dataclass(frozen=True)
 class AudioEncoderDims:
-    """Whale encoder + adapter of spec §3.2-§3.3."""
+    """Whale encoder + adapter (docs/MODEL.md#audio-encoder)."""
 
     num_mel_bins: int
     attention_dim: int
@@ -91,7 +91,7 @@ class AudioEncoderDims:
 
 @dataclass(frozen=True)
 class VisionDims:
-    """InternViT + pixel shuffle + projector of spec §2."""
+    """InternViT + pixel shuffle + projector (docs/MODEL.md#vision-encoder)."""
 
     image_size: int
     patch_size: int

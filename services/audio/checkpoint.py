@@ -1,8 +1,8 @@
-"""Whale encoder + adapter from the official VITA-1.5 directory (spec §3, §6.1-§6.3).
+"""Whale encoder + adapter from the official VITA-1.5 directory (docs/MODEL.md#audio, docs/CHECKPOINTS.md).
 
 Dims come from the audio-encoder directory's train.yaml (plus the LLM width from config.json); weights come
 from the VITA safetensors (`model.audio_encoder.*`), which override the stand-alone `final.pt` in the
-reference (spec §6.1), so `final.pt` is not read. The CMVN statistics are the shard buffers
+reference, so `final.pt` is not read. The CMVN statistics are the shard buffers
 `encoder.global_cmvn.{mean,istd}` when the shards hold them (what the reference serves); the JSON
 `global_cmvn` file is used only when they are absent. A checkpoint whose shards carry no audio tensors (a
 language-only directory) is refused.
@@ -29,12 +29,13 @@ from shared.checkpoint.strict import (
 from shared.presets import AudioEncoderDims
 
 CMVN_MEAN, CMVN_ISTD = "encoder.global_cmvn.mean", "encoder.global_cmvn.istd"
-POS_TABLE = "encoder.enc.1.pos_table"  # the sinusoid table: computed, never stored (spec §3.2 item 2)
+POS_TABLE = "encoder.enc.1.pos_table"  # the sinusoid table: computed, never stored (docs/MODEL.md#audio-encoder)
 VAR_FLOOR = 1e-20  # whale/cmvn.py load_cmvn_json
 
 
 def json_cmvn(path: Path, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """mean = sum/count, var = sumsq/count − mean² (floored at 1e-20), istd = var^-½ (spec §3.1)."""
+    """mean = sum/count, var = sumsq/count − mean² (floored at 1e-20), istd = var^-½
+    (docs/MODEL.md#audio-encoder)."""
     stats = read_json(path)
     if not isinstance(stats, dict):
         raise CheckpointError(path, None, "expected a JSON object with mean_stat, var_stat, frame_num")

@@ -1,16 +1,16 @@
-"""Whale audio encoder + CNN adapter in plain torch (spec §3.1 CMVN, §3.2, §3.3).
+"""Whale audio encoder + CNN adapter in plain torch (docs/MODEL.md#audio-encoder, #audio-adapter).
 
 Raw log-mel fbank [B, T, 80] → global CMVN → Conv2dSubsampling4 [B, T1, d] (25 Hz) → rel-enc transformer
 (full attention, see below) → adapter [B, L, llm_hidden] (12.5 Hz), with
 T1 = ((T − 1)//2 − 1)//2 and L = (T1 − 1)//2 + 1.
 
-Parameter and buffer names are those of the reference state dict (spec §6.3): `encoder.global_cmvn.*`,
+Parameter and buffer names are those of the reference state dict (docs/MODEL.md#checkpoints): `encoder.global_cmvn.*`,
 `encoder.enc.0.core.{conv,out}.*`, `encoder.enc.1.{embed,encoders.N,after_norm}.*` and `adpter.*`, so the
 official `final.pt` / safetensors load without renaming.
 
-Attention mask: the served (vLLM) model uses a padding mask only, i.e. full bidirectional attention
-(spec §3.2 item 5). We do the same; the HF path's chunk masks depend on a train.yaml that is not public
-(spec §9.1) and its `dynamic-chunks` default is random at eval, which a server must not be.
+Attention mask: the served (vLLM) model uses a padding mask only, i.e. full bidirectional attention.
+We do the same (docs/MODEL.md#d-audio-attention): the HF path's chunk masks depend on a train.yaml that
+is not public, and its `dynamic-chunks` default is random at eval, which a server must not be.
 
 The model is split at the subsampling so that a stream can run the local part (CMVN + two strided 3×3
 convolutions, receptive field 7 frames, stride 4) while the user speaks (`subsample`), and the global
@@ -63,7 +63,7 @@ def fbank_span_of_rows(first_row: int, end_row: int) -> slice:
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
-    """Standard table: sin on even dims, cos on odd dims, base 10000 (spec §3.2 item 2)."""
+    """Standard table: sin on even dims, cos on odd dims, base 10000 (docs/MODEL.md#audio-encoder)."""
     position = torch.arange(num_positions, dtype=torch.float32).unsqueeze(1)
     div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
     table = torch.zeros(num_positions, dim)
@@ -122,7 +122,7 @@ class SubsamplingComponent(nn.Module):
 
 
 class RelPositionAttention(nn.Module):
-    """Transformer-XL style attention without rel_shift (spec §3.2 item 4).
+    """Transformer-XL style attention without rel_shift (docs/MODEL.md#audio-encoder).
 
     score(h, t, s) = [(q_t + u_h)·k_s + (q_t + v_h)·p_s] / √head_dim, where p_s is the projected absolute
     sinusoid of key position s: the second term is a query-dependent absolute-position bias.
@@ -211,7 +211,7 @@ class RelTransformer(nn.Module):
             seconds = self.pos_table.size(0) / ENCODER_FRAME_RATE_HZ
             raise AudioInputError(f"audio is too long to encode: at most {seconds:.0f} s per clip")
         x = self.embed(x) * self.xscale
-        # The sinusoid is passed to attention, never added to x (spec §3.2 item 2).
+        # The sinusoid is passed to attention, never added to x, as in the reference.
         pos_emb = self.pos_table[:rows].unsqueeze(0)
         for layer in self.encoders:
             x = layer(x, key_valid, pos_emb)
@@ -232,7 +232,7 @@ class WhaleEncoder(nn.Module):
 
 class CnnSubsamplingAdapter(nn.Module):
     """`adpter` (type "subsampling", cnn_num 1): zero padding frames, right-pad k−1, Conv1d stride 2,
-    LayerNorm(eps 1e-3), GELU, Linear (spec §3.3)."""
+    LayerNorm(eps 1e-3), GELU, Linear (docs/MODEL.md#audio-adapter)."""
 
     def __init__(self, dims: AudioEncoderDims) -> None:
         super().__init__()

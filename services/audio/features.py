@@ -1,9 +1,10 @@
-"""Audio in → 16 kHz float waveform → raw log-mel fbank (spec §3.1).
+"""Audio in → 16 kHz float waveform → raw log-mel fbank (docs/MODEL.md#audio-features).
 
 Everything here is CPU work that runs while the user speaks: decoding and validating the declared PCM,
 resampling to 16 kHz with soxr (one-shot or as a per-stream `StreamingResampler`), decoding WAV/FLAC/OGG
-files, and kaldi-native-fbank with exactly the options of spec §3.1. The fbank returned here is the raw
-log-mel: global CMVN is applied once, inside the encoder (`encoder.GlobalCMVN`), as in the reference.
+files, and kaldi-native-fbank with exactly the options of docs/MODEL.md#audio-features. The fbank
+returned here is the raw log-mel: global CMVN is applied once, inside the encoder (`encoder.GlobalCMVN`),
+as in the reference.
 
 Every rejection raises an `AudioInputError` subclass whose message a client can act on (it names the
 field, the value and what is accepted) and never carries internal details.
@@ -26,7 +27,7 @@ MAX_SAMPLE_RATE_HZ = 192000
 NUM_MEL_BINS = 80
 FRAME_LENGTH_SAMPLES = 400  # 25 ms at 16 kHz
 FRAME_SHIFT_SAMPLES = 160  # 10 ms at 16 kHz
-# torchaudio.compliance.kaldi works on int16-scaled floats; the reference multiplies by 2^15 (spec §3.1).
+# torchaudio.compliance.kaldi works on int16-scaled floats; the reference multiplies by 2^15.
 WAVEFORM_SCALE = 32768.0
 # Float PCM is declared as [-1, 1]. A little overshoot is normal after a client-side resampler or gain;
 # anything beyond this is almost certainly integer-scaled samples sent as f32, which would be garbage.
@@ -63,7 +64,7 @@ class AudioFileError(AudioInputError):
 
 
 class AudioTooShortError(AudioInputError):
-    """Fewer samples than the encoder needs for one output frame (spec §3.2 item 1)."""
+    """Fewer samples than the encoder needs for one output frame (7 fbank frames, docs/MODEL.md#audio-encoder)."""
 
 
 class PcmEncoding(str, enum.Enum):
@@ -185,7 +186,7 @@ class StreamingResampler:
 def decode_audio_file(data: bytes) -> np.ndarray:
     """A WAV/FLAC/OGG file → float32 mono 16 kHz samples.
 
-    Channel 0 is used, as the reference does (torchaudio.compliance.kaldi reads channel 0, spec §3.1).
+    Channel 0 is used, as the reference does (torchaudio.compliance.kaldi reads channel 0).
     """
     if len(data) == 0:
         raise EmptyAudioError("the audio file is empty")
@@ -257,7 +258,8 @@ def clip_for_encoding(samples16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fbank_options() -> knf.FbankOptions:
-    """kaldi-native-fbank options equal to torchaudio's kaldi.fbank as the reference calls it (spec §3.1)."""
+    """kaldi-native-fbank options equal to torchaudio's kaldi.fbank as the reference calls it, without
+    the dither (docs/MODEL.md#d-dither)."""
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = float(MODEL_SAMPLE_RATE_HZ)
     opts.frame_opts.frame_length_ms = 25.0

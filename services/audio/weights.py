@@ -16,7 +16,7 @@ _ADAPTER_STREAM = "audio.adapter"
 _CMVN_STREAM = "audio.global_cmvn"
 
 # Random CMVN statistics in the range of real log-mel fbank of speech (the Whale FE config starts with
-# mean 11.84, istd 0.333, spec §3.1), so that normalised features are ~N(0, 1) as with real weights.
+# mean 11.84, istd 0.333), so that normalised features are ~N(0, 1) as with real weights.
 _CMVN_MEAN_CENTRE = 12.0
 _CMVN_MEAN_SPREAD = 2.0
 _CMVN_ISTD_CENTRE = 0.33
@@ -38,7 +38,7 @@ def load_audio_encoder(
 
     With `checkpoint_dir` (the VITA-1.5 directory) `dims` and `seed` are ignored: the dimensions come from
     the audio encoder's train.yaml (the returned model's `.dims`) and the weights from the VITA safetensors
-    (spec §6.1); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
+    (docs/CHECKPOINTS.md); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
     """
     if checkpoint_dir is not None:
         from services.audio.checkpoint import load_audio_checkpoint

@@ -1,4 +1,4 @@
-"""The LLM from the official VITA-1.5 directory: Qwen2 keys of the safetensors (spec §6.3), dims from
+"""The LLM from the official VITA-1.5 directory: Qwen2 keys of the safetensors (docs/MODEL.md#checkpoints), dims from
 config.json. Only the LLM's own tensors are read (selected by key from the index); the vision, projector and
 audio tensors in the same shards belong to other services and are never materialised here."""
 

@@ -1,4 +1,4 @@
-"""Qwen2 decoder in plain torch (spec §4.1), shaped for serving.
+"""Qwen2 decoder in plain torch (docs/MODEL.md#llm-dims), shaped for serving.
 
 Parameter names equal the Hugging Face names (`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.bias`,
 `lm_head.weight`, ...) so that an official state dict loads with `load_state_dict` and no renaming.

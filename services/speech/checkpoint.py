@@ -1,4 +1,4 @@
-"""The speech models from the official VITA-1.5 directory (spec §5, §6.4).
+"""The speech models from the official VITA-1.5 directory (docs/MODEL.md#speech, docs/CHECKPOINTS.md).
 
 * LLM input-embedding table: `model.embed_tokens.weight`, the one tensor read from the VITA safetensors,
   memory-mapped from the one shard that holds it (rows are paged in when a segment looks them up; the
@@ -35,7 +35,7 @@ from shared.presets import CodecDims, TTSDims
 
 CODEC_REQUIRED = ("generator", "quantizer")
 # Entries of codec/final.pt that synthesis never uses: the analysis encoder (loaded but unused by the
-# reference, spec §5.3) and what a HiFiGAN-style training checkpoint may carry besides.
+# reference) and what a HiFiGAN-style training checkpoint may carry besides.
 CODEC_KNOWN_UNUSED = ("encoder", "mpd", "msd", "optim_g", "optim_d", "steps", "epoch")
 LOCAL_CODEBOOK = "quantizer.quantizer_modules.0.embedding.weight"
 GLOBAL_CODEBOOK = "quantizer.quantizer_modules_globaltokens.{index}.embedding.weight"
@@ -43,7 +43,7 @@ GLOBAL_CODEBOOK = "quantizer.quantizer_modules_globaltokens.{index}.embedding.we
 
 def _tts_without_prefix(dims) -> TTSDecoder:
     model = TTSDecoder(dims)
-    model.layers_prefix = nn.ModuleList()  # never run (prefix is None in VITA, spec §5.2): not loaded
+    model.layers_prefix = nn.ModuleList()  # never run (prefix is None in VITA, docs/MODEL.md#tts): not loaded
     return model
 
 

@@ -1,4 +1,4 @@
-"""Chunked codec decoding of one segment (spec §5.4 "Chunked codec decoding", `llm2TTS.run`).
+"""Chunked codec decoding of one segment (docs/MODEL.md#chunking; the reference's `llm2TTS.run`).
 
 The chunker never runs the codec itself: `push` returns a `CodecWindow` (tokens to decode + which samples
 to keep) when one is due, and `accept` takes the decoded waveform back. The engine can therefore decode
@@ -48,8 +48,8 @@ def low_energy_cut(chunk: np.ndarray, window: int, threshold: float) -> int | No
 
     Box filter of |x| (length `window`) over the second half; if the smallest mean is below
     `threshold`, return the quietest sample inside that box. The reference computes the box end from an
-    already shifted start index (a slip that can look past the box); this follows the spec's "inside
-    that box". Either way only the emission boundary moves, never the audio.
+    already shifted start index (a slip that can look past the box); this cuts inside
+    that box. Either way only the emission boundary moves, never the audio.
     """
     length = chunk.shape[0]
     if length < window:

@@ -1,4 +1,5 @@
-"""TiCodec decoder of spec §5.3: codec ids → codebook embedding → HiFiGAN-style generator → 24 kHz waveform.
+"""TiCodec decoder: codec ids → codebook embedding → HiFiGAN-style generator → 24 kHz waveform
+(docs/MODEL.md#codec).
 
 Runtime weights are plain (folded) convolutions; `fold_weight_norm` turns the checkpoint's
 `weight_g`/`weight_v` pairs into them. Module names match `codec/final.pt`: `generator.*` keys equal

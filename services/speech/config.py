@@ -10,7 +10,7 @@ class SpeechSettings(BaseSettings):
 
     # Streams whose AR steps run in one batch.
     max_batch_size: int = 16
-    # Spec §5.4: first segment of a reply decodes windows of 20 new tokens, later ones 40, with 10 tokens
+    # docs/MODEL.md#chunking: first segment of a reply decodes windows of 20 new tokens, later ones 40, with 10 tokens
     # of context on each side.
     first_chunk_tokens: int = 20
     chunk_tokens: int = 40

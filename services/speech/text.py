@@ -1,4 +1,4 @@
-"""Per-segment text normalisation before TTS (spec §5.1 steps 1–3, §5.4 item 5)."""
+"""Per-segment text normalisation before TTS (docs/MODEL.md#speech-input)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def normalize_segment(text: str, *, first_segment: bool) -> str:
       first-sentence segment (keeps our input identical to what the model heard in the demo).
     * Lower-cases, as the reference does.
     * Deliberately NOT the reference's `replace_equation`: its substring rules rewrite ordinary English
-      ("single" → " sine gle", "cost" → " cosine t", "-" → 减; spec §9.14). Maths verbalisation, if
-      wanted, belongs in a proper text normaliser, not in a substring table.
+      ("single" → " sine gle", "cost" → " cosine t", "-" → 减; docs/MODEL.md#d-normaliser). Maths
+      verbalisation, if wanted, belongs in a proper text normaliser, not in a substring table.
     """
     for marker in REMOVED_MARKERS:
         text = text.replace(marker, "")

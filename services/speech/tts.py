@@ -1,8 +1,8 @@
-"""TTS decoder `LLM2TTSCodecAR` of spec §5.2 in plain torch: NAR pre-net + autoregressive codec-token LM.
+"""TTS decoder `LLM2TTSCodecAR` (docs/MODEL.md#tts) in plain torch: NAR pre-net + autoregressive codec-token LM.
 
 Text frames [1, 4n, d] → bidirectional pre-net → [BOS, h] prefilled into a KV cache (bidirectional inside
 the prefill) → one codec token per decode step, SOS first. Parameter names follow the official
-`decoder/final.pt` (spec §6.4) so that it loads strictly; `layers_prefix` exists only for that reason
+`decoder/final.pt` (docs/MODEL.md#checkpoints) so that it loads strictly; `layers_prefix` exists only for that reason
 (VITA always passes prefix=None, so it is never run).
 
 The decode step takes several streams at once (one row each) so the engine can batch the Linear layers;
@@ -20,7 +20,7 @@ from torch import nn
 
 from shared.presets import TTSDims
 
-# Special ids appended after the codec vocabulary (spec §5.2).
+# Special ids appended after the codec vocabulary (docs/MODEL.md#tts).
 SPECIAL_TOKENS = 4
 BOS_OFFSET, SOS_OFFSET, EOS_OFFSET, PAD_OFFSET = 0, 1, 2, 3
 TOP_K = 2  # `decoder_topk` of the reference server
@@ -187,7 +187,7 @@ class LlamaLayer(nn.Module):
 
 
 class TTSDecoder(nn.Module):
-    """`LLM2TTSCodecAR` inference path. State-dict keys = spec §6.4 `decoder/final.pt` keys."""
+    """`LLM2TTSCodecAR` inference path. State-dict keys = the official `decoder/final.pt` keys."""
 
     def __init__(self, dims: TTSDims):
         super().__init__()
@@ -238,7 +238,7 @@ class TTSDecoder(nn.Module):
     def prefill(self, text_hidden: torch.Tensor, cache: KVCache) -> None:
         """Fill `cache` with [Emb(BOS), text_hidden] at positions 0 … 4n.
 
-        Non-causal on purpose (spec §5.2): the reference runs eager attention with attention_mask=None,
+        Non-causal on purpose (docs/MODEL.md#tts): the reference runs eager attention with attention_mask=None,
         i.e. every prefill position sees the whole prefix, as in training. Its outputs are not sampled
         from; the first logits come from the SOS step.
         """
@@ -282,7 +282,7 @@ class TTSDecoder(nn.Module):
 
 
 def text_frames(text_embeddings: torch.Tensor, frame_dim: int) -> torch.Tensor:
-    """LLM input embeddings [n, 4·d] → TTS input frames [1, 4n, d], row-major (spec §5.1 step 6)."""
+    """LLM input embeddings [n, 4·d] → TTS input frames [1, 4n, d], row-major (docs/MODEL.md#speech-input)."""
     rows, width = text_embeddings.shape
     if width % frame_dim:
         raise ValueError(f"embedding width {width} is not a multiple of the TTS frame size {frame_dim}")
@@ -291,7 +291,8 @@ def text_frames(text_embeddings: torch.Tensor, frame_dim: int) -> torch.Tensor:
 
 def banned_sample_ids(dims: TTSDims) -> tuple[int, ...]:
     """Ids that must never be sampled: BOS, SOS and PAD are no codec code (the codec table has
-    `codec_vocab` rows) and would crash or corrupt the codec (spec §9.7); EOS stays allowed (it stops)."""
+    `codec_vocab` rows) and would crash or corrupt the codec (docs/MODEL.md#d-tts-specials); EOS stays
+    allowed (it stops)."""
     return (bos_id(dims), sos_id(dims), pad_id(dims))
 
 
@@ -305,7 +306,7 @@ def sample_codec_token(
 ) -> int:
     """The reference rule: softmax(logits / T) → keep top-k → renormalise → ONE torch.multinomial call.
 
-    Decision (spec §9.7): the reference has no guard against sampling BOS/SOS/PAD; here their logits
+    Decision (docs/MODEL.md#d-tts-specials): the reference has no guard against sampling BOS/SOS/PAD; here their logits
     are set to −inf before top-k, so a special id can never reach the codec. When no special id is in
     the top-k (the normal case) the kept ids and their renormalised probabilities are the reference's.
     Exactly one draw from `generator` per step, so a seeded stream is reproducible.

@@ -14,7 +14,7 @@ from services.speech.tts import TTSDecoder
 from shared.presets import CodecDims, LLMDims, TTSDims
 from shared.random_weights import init_module_, llm_embedding_table, module_generator
 
-TTS_FRAMES_PER_TEXT_TOKEN = 4  # spec §5.1: each LLM embedding row becomes 4 TTS frames
+TTS_FRAMES_PER_TEXT_TOKEN = 4  # docs/MODEL.md#speech-input: each LLM embedding row becomes 4 TTS frames
 
 # Random codec init (see `init_codec_`): He gain for the LeakyReLU stack, damped residual branches and a
 # quiet output conv. Measured at seed 1234: mean |x| ≈ 0.05 (tiny) / 0.09 (full), peaks ≈ 0.4–0.5.
@@ -89,7 +89,7 @@ def load_speech_models(
 ) -> SpeechModels:
     """The one entry point. Random weights (seeded) for presets, or the official checkpoint.
 
-    `dtype` is the TTS decoder's compute dtype; the codec stays fp32 (spec §5.2: the reference never casts
+    `dtype` is the TTS decoder's compute dtype; the codec stays fp32 (the reference never casts
     the codec weights) and the embedding table stays on the CPU (fp32 when random; memory-mapped in its
     stored dtype from a checkpoint, whose rows widen exactly).
 
@@ -109,7 +109,7 @@ def load_speech_models(
     if tts.codec_vocab != codec.n_codes:
         raise ValueError(f"TTS codec vocabulary {tts.codec_vocab} != codec n_codes {codec.n_codes}")
 
-    # Same seed and module name as the LLM service: both hold the identical table (spec §5.1).
+    # Same seed and module name as the LLM service: both hold the identical table (docs/MODEL.md#speech-input).
     embed_table = llm_embedding_table(llm, seed)
     tts_model = init_module_(TTSDecoder(tts), seed, "speech.tts")
     codec_model = init_codec_(TiCodecDecoder(codec), seed)

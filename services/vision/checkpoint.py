@@ -1,8 +1,8 @@
-"""InternViT + projector from the official VITA-1.5 directory (spec §6.1, §6.3).
+"""InternViT + projector from the official VITA-1.5 directory (docs/CHECKPOINTS.md).
 
 Dims come from the InternViT directory's config.json and the VITA config.json (projector width); the
 weights come from the VITA safetensors (`model.vision_tower.vision_tower.*`, `model.mm_projector.*`), which
-override the stand-alone InternViT weights in the reference (spec §6.1), so those are never read. A checkpoint
+override the stand-alone InternViT weights in the reference, so those are never read. A checkpoint
 whose shards carry no vision tensors (a language-only directory) is refused: the vision service has nothing
 to serve.
 """

@@ -15,7 +15,7 @@ class VisionSettings(BaseSettings):
 
     # Tiles (or video frames) encoded together in one engine step, across concurrent requests.
     max_batch_size: int = Field(default=8, ge=1)
-    # Largest `max_tiles` a request may ask for (the thumbnail is extra); spec §2.3 allows up to 12.
+    # Largest `max_tiles` a request may ask for (the thumbnail is extra); the reference allows up to 12.
     max_tiles_limit: int = Field(default=MAX_TILES_LIMIT, ge=1, le=MAX_TILES_LIMIT)
     # Image (and camera frame) limits. Bytes are checked first, pixels from the header before decoding,
     # so a decompression bomb costs a few KB of work. Keep max_image_bytes below the gRPC message limit

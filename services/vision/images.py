@@ -1,4 +1,4 @@
-"""Still images: safe decoding, dynamic tiling (spec §2.3) and CLIP/ImageNet normalisation.
+"""Still images: safe decoding, dynamic tiling (docs/MODEL.md#vision-tiling) and CLIP/ImageNet normalisation.
 
 Decoding never trusts the input: the format is sniffed from its magic bytes and only the JPEG, PNG, WebP
 and GIF plugins of Pillow are allowed; the pixel count is checked from the header, before any pixel is
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 TILE_SIZE = 448
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Largest grid a caller may ask for: 12 tiles + thumbnail = 3328 LLM positions (spec §2.3 worst case).
+# Largest grid a caller may ask for: 12 tiles + thumbnail = 3328 LLM positions (the worst case).
 MAX_TILES_LIMIT = 12
 ALPHA_BACKGROUND = (255, 255, 255)
 _BICUBIC = Image.Resampling.BICUBIC
@@ -243,8 +243,8 @@ class TilingOptions:
 
 @dataclass(frozen=True)
 class TilingPlan:
-    columns: int  # i in the spec: tiles across
-    rows: int  # j in the spec: tiles down
+    columns: int  # tiles across
+    rows: int  # tiles down
     thumbnail: bool
 
     @property
@@ -260,7 +260,8 @@ class TilingPlan:
 def choose_grid(
     width: int, height: int, *, min_tiles: int, max_tiles: int, tile_size: int = TILE_SIZE
 ) -> tuple[int, int]:
-    """(columns, rows) per spec §2.3: closest aspect ratio; on a tie a larger grid wins if the image is big."""
+    """(columns, rows): closest aspect ratio; on a tie a larger grid wins if the image is big
+    (docs/MODEL.md#vision-tiling)."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}×{height}")
     if not 1 <= min_tiles <= max_tiles:
@@ -312,7 +313,7 @@ def split_into_tiles(image: Image.Image, plan: TilingPlan, tile_size: int = TILE
 
 
 def resize_shortest_edge_and_center_crop(image: Image.Image, size: int = TILE_SIZE) -> Image.Image:
-    """The CLIP processor's geometry (spec §2.3): shortest edge → size (bicubic), centre crop size×size.
+    """The CLIP processor's geometry: shortest edge → size (bicubic), centre crop size×size.
 
     Sizes and offsets follow transformers' rules (long edge floored; crop offset floored), so a 448 tile
     passes through untouched.

@@ -1,7 +1,7 @@
-"""InternViT + pixel shuffle + MLP projector (spec §2.1-§2.2) in plain torch.
+"""InternViT + pixel shuffle + MLP projector (docs/MODEL.md#vision-encoder) in plain torch.
 
 Input: ImageNet-normalised tiles [n, 3, 448, 448]. Output: LLM-width embeddings [n, 256, llm_hidden],
-256 LLM positions per tile. Parameter names follow the official checkpoint (spec §6.3) relative to the
+256 LLM positions per tile. Parameter names follow the official checkpoint (docs/MODEL.md#checkpoints) relative to the
 `vision_tower.` and `mm_projector.` prefixes, so the later checkpoint loader only strips
 `model.vision_tower.vision_tower.` / `model.` and loads with strict=True.
 """
@@ -14,7 +14,7 @@ from torch import nn
 
 from shared.presets import VisionDims
 
-# The projector was trained on features scaled by 0.5 before the shuffle (spec §2.2 step 3, §9.10).
+# The projector was trained on features scaled by 0.5 before the shuffle (docs/MODEL.md#vision-encoder).
 FEATURE_SCALE_BEFORE_SHUFFLE = 0.5
 
 
@@ -65,7 +65,7 @@ class InternAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         n, tokens, width = hidden.shape
-        # Output rows are [q | k | v], each block head-major (spec §2.1).
+        # Output rows are [q | k | v], each block head-major (as in the checkpoint's fused `qkv`).
         qkv = self.qkv(hidden).reshape(n, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [n, heads, tokens, head_dim]
         # SDPA's default scale is 1/sqrt(head_dim), the reference's scale.
@@ -126,7 +126,7 @@ class InternVisionModel(nn.Module):
 def pixel_shuffle(features: torch.Tensor) -> torch.Tensor:
     """[n, H, W, c] → [n, H/2, W/2, 4c]; out (i, j) = in (2i,2j), (2i,2j+1), (2i+1,2j), (2i+1,2j+1).
 
-    Row offset outer, column offset inner (spec §2.2 step 4), the order the projector was trained on.
+    Row offset outer, column offset inner (docs/MODEL.md#vision-encoder), the order the projector was trained on.
     """
     n, rows, cols, channels = features.shape
     if rows % 2 or cols % 2:

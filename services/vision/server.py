@@ -1,6 +1,6 @@
 """gRPC servicer of the vision service: media bytes → tiles (worker threads) → engine → one chunk per tile.
 
-Status codes (DESIGN rule 8):
+Status codes (the right code with an actionable message; internals never leak):
 * Every `MediaInputError` is INVALID_ARGUMENT with its user-facing message — also "too large" by bytes,
   pixels or a decompression-bomb header. RESOURCE_EXHAUSTED tells a client that retrying later may work
   (a quota, a full queue); an oversized file fails the same way on every retry, so it is an argument

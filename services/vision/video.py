@@ -1,14 +1,15 @@
 """Video files and live camera frames → one 448 tile per sampled frame.
 
-Frame count (VITA-1.5 paper rule, close to the HF demo of spec §2.4): a clip shorter than 4 s gives 4
-frames spread uniformly over it; 4-16 s gives one frame per second (t = 0, 1, …); longer clips give 16
-frames picked evenly (numpy linspace, truncated) from that one-per-second grid, as the HF demo does. Unlike
-the HF demo, a clip shorter than 4 s is not sampled on the 1 fps grid (which repeats frames) but at
-t = k·D/4.
+Frame count (VITA-1.5 paper rule, close to the reference's HF demo; docs/MODEL.md#video): a clip
+shorter than 4 s gives 4 frames spread uniformly over it; 4-16 s gives one frame per second (t = 0, 1, …);
+longer clips give 16 frames picked evenly (numpy linspace, truncated) from that one-per-second grid, as
+the HF demo does. Unlike the HF demo, a clip shorter than 4 s is not sampled on the 1 fps grid (which
+repeats frames) but at t = k·D/4.
 
 Each frame becomes one tile by the CLIP geometry (shortest edge → 448 bicubic, centre crop), as the HF
-demo and training did. The real-time reference server instead squashes the frame to 448×448 (spec §9.11);
-we follow training, so the edges of a wide frame are cropped away rather than the picture distorted.
+demo and training did. The real-time reference server instead squashes the frame to 448×448; we follow
+training (docs/MODEL.md#d-video-frames), so the edges of a wide frame are cropped away rather than the
+picture distorted.
 
 Cost is bounded by the number of samples, never by the file's length: each sample seeks (on the video
 stream, to the keyframe before it) and decodes forward to the first frame at/after the target; samples

@@ -29,7 +29,7 @@ def load_vision(
     With no `checkpoint_dir` the weights are random, seeded per module (identical in every process for
     the same seed). With `checkpoint_dir` (the VITA-1.5 directory) `dims` and `seed` are ignored: the
     dimensions come from the InternViT and VITA config files (the returned model's `.dims`) and the weights
-    from the VITA safetensors (spec §6.3); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
+    from the VITA safetensors (docs/CHECKPOINTS.md); an unusable checkpoint raises `shared.checkpoint.CheckpointError`.
     """
     if checkpoint_dir is not None:
         from services.vision.checkpoint import load_vision_checkpoint

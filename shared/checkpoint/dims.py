@@ -1,4 +1,4 @@
-"""Model dimensions from a checkpoint's own config files (spec §6.2), as the `shared.presets` dataclasses.
+"""Model dimensions from a checkpoint's own config files (docs/CHECKPOINTS.md), as the `shared.presets` dataclasses.
 
 Every reader checks that the architecture the file describes is the one this server implements (e.g.
 InternViT with LayerNorm, a rel-enc Whale encoder, a LayerNorm adapter, one codec codebook) and fails with
@@ -129,7 +129,7 @@ def audio_dims(train: Mapping[str, Any], path: Path, vita: Mapping[str, Any], vi
     _expect(model, "norm", path, ("layer",), default="batch")
     _expect(model, "activation_func", path, ("gelu",), default="relu")
     if model.get("add_audio_bos_eos", False):
-        raise CheckpointError(path, "model_conf.add_audio_bos_eos", "is true; VITA-1.5 has no audio BOS/EOS (spec §3.4)")
+        raise CheckpointError(path, "model_conf.add_audio_bos_eos", "is true; VITA-1.5 has no audio BOS/EOS")
     if vita.get("audio_prompt_finetune", False):
         raise CheckpointError(vita_path, "audio_prompt_finetune", "is true; audio prompt embeddings are not implemented")
     mel_bins = _get(train, "input_dim", path)

@@ -41,7 +41,7 @@ AUDIO_ENCODER_KEY = "mm_audio_encoder"
 VISION_DIR_NAMES = ("InternViT-300M-448px",)
 AUDIO_DIR_NAMES = ("audio-encoder-Qwen2-7B-1107-weight-base-11wh-tunning",)
 
-# Key prefixes of the VITA safetensors (spec §6.3).
+# Key prefixes of the VITA safetensors (docs/MODEL.md#checkpoints).
 VISION_PREFIX = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
 AUDIO_PREFIX = "model.audio_encoder."
