@@ -1,4 +1,4 @@
-"""Issue 6 tracing: one trace per turn, spanning the orchestrator and every service the turn used.
+"""Tracing: one trace per turn, spanning the orchestrator and every service the turn used.
 
 The services run in this process (grpc.aio servers on port 0, tiny engines) so that they can share one
 TracerProvider with an in-memory exporter; the context still travels the real way, in gRPC metadata

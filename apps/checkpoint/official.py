@@ -1,5 +1,5 @@
-"""Tensor names and shapes of the official files (spec §6.3, §6.4), written from the spec's tables as
-functions of the dims. `synth` writes exactly these; the services derive what they expect from their own
+"""Tensor names and shapes of the official files (docs/MODEL.md#checkpoints), written from the release's
+layout as functions of the dims. `synth` writes exactly these; the services derive what they expect from their own
 runtime modules, so a test comparing the two checks one against the other.
 """
 

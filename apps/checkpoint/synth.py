@@ -6,7 +6,7 @@ directory (train.yaml, JSON global_cmvn, final.pt) and vita_tts_ckpt/{decoder,co
 (the codec generator in weight-norm form). `.pt` files are torch.save of dicts of tensors only. Tensors are
 generated one at a time from a generator seeded by (seed, file, key), so the full preset (~9 B parameters)
 is written in bounded memory; the stand-alone encoder copies use other seeds than the shard copies, as the
-shard tensors are the ones served (spec §6.1).
+shard tensors are the ones served (docs/CHECKPOINTS.md).
 """
 
 from __future__ import annotations

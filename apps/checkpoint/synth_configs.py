@@ -1,4 +1,4 @@
-"""Config files of a synthesized checkpoint, in the official formats (spec §6.2), filled from a preset."""
+"""Config files of a synthesized checkpoint, in the official formats (docs/CHECKPOINTS.md), filled from a preset."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from shared.tokenizer import bundled_tokenizer_dir
 # exist on a serving machine, so the synthesized config exercises the look-up by directory name.
 TRAINED_VISION_TOWER = "/mnt/cfs/lhj/model_weights/InternViT-300M-448px"
 TRAINED_AUDIO_ENCODER = "/mnt/cfs2/lhj/model_weights/audio-encoder-Qwen2-7B-1107-weight-base-11wh-tunning"
-LAST_VITA_TOKEN_ID = 151664  # VITA's tokenizer: 151643 regular tokens + 22 added tokens (spec §4.2)
+LAST_VITA_TOKEN_ID = 151664  # VITA's tokenizer: 151643 regular tokens + 22 added tokens (docs/MODEL.md#tokens)
 SYNTHETIC_MARKER = "vita_serve_synthetic"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-# Freeze-Omni codec values for the fields synthesis does not read (spec §6.2).
+# Freeze-Omni codec values for the fields synthesis does not read (the codec is shared with Freeze-Omni).
 GLOBAL_FEATURE_CONV_HIDDEN_RATIO = 2  # [128, 64, 128, 3, 1]: hidden = out / 2
 
 

@@ -1,4 +1,4 @@
-"""Whale encoder + adapter (spec §3.2, §3.3, §6.3) at tiny width, and the seeded loader."""
+"""Whale encoder + adapter (docs/MODEL.md#audio-encoder, #audio-adapter) at tiny width, and the seeded loader."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from shared.presets import FULL, TINY
 
 from .conftest import SEED, noise
 
-# spec §3.3 table: speech seconds → N, T, T1, L.
+# docs/MODEL.md#audio-adapter table: speech seconds → N, T, T1, L.
 SPEC_LENGTH_CHAIN = [
     (0.5, 8000, 48, 11, 6),
     (1.0, 16000, 98, 23, 12),
@@ -72,7 +72,7 @@ def test_clip_beyond_the_position_table_is_rejected(tiny_encoder):
 
 
 def expected_full_state_dict_shapes() -> dict[str, tuple[int, ...]]:
-    """spec §6.3 audio table at VITA-1.5 size."""
+    """The official audio tensor names and shapes at VITA-1.5 size."""
     shapes: dict[str, tuple[int, ...]] = {
         "encoder.global_cmvn.mean": (80,),
         "encoder.global_cmvn.istd": (80,),
@@ -143,7 +143,7 @@ def test_subsampling_flattens_channel_major():
 
 
 def naive_rel_attention(attn: RelPositionAttention, x: np.ndarray, valid: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """spec §3.2 item 4 written out with loops in float64."""
+    """docs/MODEL.md#audio-encoder attention written out with loops in float64."""
     params = {name: p.detach().double().numpy() for name, p in attn.named_parameters()}
     q = x @ params["linear_q.weight"].T + params["linear_q.bias"]
     k = x @ params["linear_k.weight"].T + params["linear_k.bias"]

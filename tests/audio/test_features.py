@@ -1,4 +1,4 @@
-"""PCM decoding and validation, resampling, audio files and fbank (spec §3.1)."""
+"""PCM decoding and validation, resampling, audio files and fbank (docs/MODEL.md#audio-features)."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_audio_files_decode_to_16k_mono(fmt, subtype):
     samples = decode_audio_file(wav_bytes(stereo, 44100, fmt, subtype))
     assert samples.dtype == np.float32
     assert abs(len(samples) - 16000) <= 1
-    assert abs(peak_frequency(samples, 16000) - 500.0) <= 1.0  # channel 0 is used (spec §3.1)
+    assert abs(peak_frequency(samples, 16000) - 500.0) <= 1.0  # channel 0 is used, as in the reference
 
 
 def test_corrupt_bytes_are_not_an_audio_file():

@@ -1,4 +1,4 @@
-"""Silero VAD segmentation on real (espeak-ng) speech, silence and noise (spec §7.2)."""
+"""Silero VAD segmentation on real (espeak-ng) speech, silence and noise (docs/MODEL.md#vad)."""
 
 from __future__ import annotations
 

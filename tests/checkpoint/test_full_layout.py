@@ -1,4 +1,4 @@
-"""Full-size layout, without writing full-size weights: names and shapes on paper (spec §6.3/§6.4/§10),
+"""Full-size layout, without writing full-size weights: names and shapes on paper (docs/MODEL.md#checkpoints),
 what the services expect (their runtime modules on the meta device), and the config files → dims."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_official_names_and_shapes_are_the_spec_tables():
 
 
 def test_parameter_counts_are_those_measured_on_the_reference():
-    """spec §10 'Parameter counts at real size (millions)'."""
+    """docs/MODEL.md#checkpoints: parameter counts at full size (millions)."""
     tts = official.tts_decoder(FULL.tts)
     counted = {
         "InternViT": _params(official.internvit(FULL.vision)),

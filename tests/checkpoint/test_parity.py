@@ -1,4 +1,5 @@
-"""Loaded checkpoint vs the spec's equations (§2, §3, §5), written out here in plain float64 torch.
+"""Loaded checkpoint vs the model's equations (docs/MODEL.md#vision, #audio, #speech), written out here
+in plain float64 torch.
 
 The reference side never calls runtime code: it reads the tensors by their OFFICIAL names straight from
 the synthesized files, so a wrong key mapping, a transposed or mis-split weight, a wrong weight-norm fold or
@@ -47,7 +48,7 @@ def W(tiny_checkpoint) -> dict[str, torch.Tensor]:
     return Float64(shard_tensors(tiny_checkpoint))
 
 
-# --- vision (spec §2.1, §2.2) ---------------------------------------------------------------------
+# --- vision (docs/MODEL.md#vision-encoder) --------------------------------------------------------
 
 
 def ref_vit_embeddings(W, pixels, patch):
@@ -74,7 +75,7 @@ def ref_vit_block(W, i, h, heads, eps=1e-6):
 
 
 def ref_shuffle(features):
-    """Output cell (i, j) = cells (2i,2j), (2i,2j+1), (2i+1,2j), (2i+1,2j+1) concatenated (spec §2.2 step 4)."""
+    """Output cell (i, j) = cells (2i,2j), (2i,2j+1), (2i+1,2j), (2i+1,2j+1) concatenated."""
     n, rows, cols, c = features.shape
     out = torch.empty(n, rows // 2, cols // 2, 4 * c, dtype=features.dtype)
     for i in range(rows // 2):
@@ -105,7 +106,7 @@ def test_internvit_embeddings_block_shuffle_and_projector(tiny_checkpoint, W):
     torch.testing.assert_close(served.double(), expected, rtol=0, atol=ATOL)
 
 
-# --- audio (spec §3.1-§3.3) -----------------------------------------------------------------------
+# --- audio (docs/MODEL.md#audio-encoder) ----------------------------------------------------------
 
 
 def ref_cmvn_from_json(path):
@@ -125,7 +126,7 @@ def ref_sinusoid(rows, d):
 
 
 def ref_rel_attention(W, p, x, pos, heads):
-    """score(h,t,s) = [(q_t + u_h)·k_s + (q_t + v_h)·p_s] / √d_k, full attention (spec §3.2 item 4)."""
+    """score(h,t,s) = [(q_t + u_h)·k_s + (q_t + v_h)·p_s] / √d_k, full attention (docs/MODEL.md#audio-encoder)."""
     t, d = x.shape[1], x.shape[2]
     hd = d // heads
     lin = lambda name, y: y @ W[f"{p}self_attn.linear_{name}.weight"].T + W[f"{p}self_attn.linear_{name}.bias"]
@@ -191,7 +192,7 @@ def test_cmvn_subsampling_rel_enc_layer_and_adapter(tiny_checkpoint, W):
     torch.testing.assert_close(served.double(), expected, rtol=0, atol=1e-4)
 
 
-# --- speech (spec §5.1-§5.3) ----------------------------------------------------------------------
+# --- speech (docs/MODEL.md#speech) ----------------------------------------------------------------
 
 
 def rms(x, w, eps=1e-6):

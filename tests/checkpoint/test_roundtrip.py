@@ -122,6 +122,6 @@ def test_each_service_opens_only_the_shards_it_needs(tiny_checkpoint, monkeypatc
 def test_tokenizer_is_the_checkpoints_with_vita_added_tokens(tiny_checkpoint):
     tokenizer = checkpoint_tokenizer(tiny_checkpoint, embedding_rows=TINY.llm.vocab_size)
     assert tokenizer.special.state_audio_reply == 144766 and tokenizer.special.im_end == 151645
-    assert tokenizer.vocab_size == 151665  # 151643 + 22 added tokens (spec §4.2)
+    assert tokenizer.vocab_size == 151665  # 151643 + 22 added tokens (docs/MODEL.md#tokens)
     config = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text())
     assert len(config["added_tokens_decoder"]) == 22 and config["eos_token"] == "<|im_end|>"

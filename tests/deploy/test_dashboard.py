@@ -1,4 +1,4 @@
-"""Issue 6: the Grafana dashboard queries only metrics the code declares, with labels they have."""
+"""The Grafana dashboard queries only metrics the code declares, with labels they have."""
 
 from __future__ import annotations
 

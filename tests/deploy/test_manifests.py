@@ -1,4 +1,4 @@
-"""Issue 6: the deployment files, validated offline (no Docker daemon, no cluster, no network).
+"""The deployment files, validated offline (no Docker daemon, no cluster, no network).
 
 - docker-compose.yml (+ the GPU override) against the Compose specification's JSON schema, vendored in
   check-jsonschema, and for what the schema cannot see (healthchecks behind service_healthy, ports).

@@ -1,4 +1,4 @@
-"""Issue 5 end to end: a synthesized tiny checkpoint in the official layout, served by the real stack
+"""Checkpoints end to end: a synthesized tiny checkpoint in the official layout, served by the real stack
 (`VITA_CHECKPOINT`), one text turn with streamed text and 24 kHz speech."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: image and video turns through the vision service, history by reference."""
+"""Image and video turns end to end: through the vision service, history by reference."""
 
 from __future__ import annotations
 

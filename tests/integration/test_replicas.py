@@ -1,4 +1,4 @@
-"""Issue 6: replicas for real. Two speech processes behind one orchestrator (a comma-separated target,
+"""Replicas for real. Two speech processes behind one orchestrator (a comma-separated target,
 client-side round_robin): turns spread over both, and when one dies the following turns still succeed."""
 
 from __future__ import annotations

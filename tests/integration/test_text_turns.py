@@ -1,4 +1,4 @@
-"""Issue 2 end to end: real services on loopback, a real Redis, the public Assistant API."""
+"""Text turns end to end: real services on loopback, a real Redis, the public Assistant API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: spoken questions streamed through Converse in 40 ms chunks, server VAD, barge-in."""
+"""Voice turns end to end: spoken questions streamed through Converse in 40 ms chunks, server VAD, barge-in."""
 
 from __future__ import annotations
 

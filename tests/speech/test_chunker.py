@@ -1,4 +1,4 @@
-"""Chunked codec decoding (spec §5.4): windows, splice, exact length, agreement with one codec call."""
+"""Chunked codec decoding (docs/MODEL.md#chunking): windows, splice, exact length, agreement with one codec call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TiCodec decoder (spec §5.3): names, output length and range, global vector, weight-norm folding, ids."""
+"""TiCodec decoder (docs/MODEL.md#codec): names, output length and range, global vector, weight-norm folding, ids."""
 
 from __future__ import annotations
 

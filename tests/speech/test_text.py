@@ -1,4 +1,4 @@
-"""Segment normalisation before TTS (spec §5.1)."""
+"""Segment normalisation before TTS (docs/MODEL.md#speech-input)."""
 
 from __future__ import annotations
 

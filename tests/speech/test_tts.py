@@ -1,4 +1,5 @@
-"""TTS decoder (spec §5.2): shapes and names, pre-net / prefill attention, decode steps, sampling, length cap."""
+"""TTS decoder (docs/MODEL.md#tts): shapes and names, pre-net / prefill attention, decode steps, sampling,
+length cap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""InternViT + pixel shuffle + projector against the spec (§2.1-§2.2, §6.3)."""
+"""InternViT + pixel shuffle + projector against docs/MODEL.md#vision-encoder and the official names."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_pixel_shuffle_order_on_an_index_tensor() -> None:
 
 
 def _reference_shuffle(x: torch.Tensor) -> torch.Tensor:
-    """The view/permute sequence of the reference `pixel_shuffle(x, 0.5)`, re-derived from spec §2.2."""
+    """The view/permute sequence of the reference `pixel_shuffle(x, 0.5)`, re-derived from docs/MODEL.md."""
     n, w, h, c = x.shape
     x = x.view(n, w, h // 2, c * 2).permute(0, 2, 1, 3).contiguous()
     x = x.view(n, h // 2, w // 2, c * 4).permute(0, 2, 1, 3).contiguous()
@@ -50,7 +50,7 @@ def test_256_tokens_per_tile_at_llm_width(model: VisionEncoder) -> None:
 
 
 def _naive_forward(model: VisionEncoder, tiles: torch.Tensor) -> torch.Tensor:
-    """Spec §2.1-§2.2 written out with explicit softmax attention (the reference's non-flash path)."""
+    """docs/MODEL.md#vision-encoder written out with explicit softmax attention (the reference's non-flash path)."""
     tower = model.vision_tower
     emb = tower.embeddings
     patches = emb.patch_embedding(tiles).flatten(2).transpose(1, 2)
@@ -117,7 +117,7 @@ def test_parameter_names_and_shapes_follow_the_checkpoint_at_full_size() -> None
             expected[f"vision_tower.encoder.layers.{layer}.{key}"] = shape
     assert shapes == expected
     tower = sum(t.numel() for n, t in full.state_dict().items() if n.startswith("vision_tower."))
-    assert round(tower / 1e6, 1) == 304.0  # spec §10
+    assert round(tower / 1e6, 1) == 304.0  # docs/MODEL.md#checkpoints
 
 
 def test_random_weights_are_seeded_and_an_empty_checkpoint_dir_is_refused(tmp_path) -> None:

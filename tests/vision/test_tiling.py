@@ -1,4 +1,4 @@
-"""Dynamic tiling (spec §2.3) and the CLIP/ImageNet normalisation."""
+"""Dynamic tiling (docs/MODEL.md#vision-tiling) and the CLIP/ImageNet normalisation."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from services.vision.images import (
     tile_image,
 )
 
-# (width, height, min, max) → (columns, rows); worked out by hand from the rule in spec §2.3.
+# (width, height, min, max) → (columns, rows); worked out by hand from the rule in docs/MODEL.md#vision-tiling.
 GRID_TABLE = [
-    # spec boundaries for squares with max 12
+    # the reference's boundaries for squares with max 12
     (633, 633, 1, 12, (1, 1)),
     (634, 634, 1, 12, (2, 2)),
     (950, 950, 1, 12, (2, 2)),

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AudioStub:
-    """Speech in (spec §3): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
+    """Speech in (docs/MODEL.md#audio): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
     with Silero voice activity detection on the server.
     """
 
@@ -54,7 +54,7 @@ class AudioStub:
 
 
 class AudioServicer:
-    """Speech in (spec §3): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
+    """Speech in (docs/MODEL.md#audio): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
     with Silero voice activity detection on the server.
     """
 
@@ -106,7 +106,7 @@ def add_AudioServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Audio:
-    """Speech in (spec §3): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
+    """Speech in (docs/MODEL.md#audio): PCM → fbank → CMVN → Whale encoder → adapter → 12.5 Hz LLM embeddings,
     with Silero voice activity detection on the server.
     """
 

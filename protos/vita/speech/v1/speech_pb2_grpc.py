@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SpeechStub:
-    """Text → 24 kHz speech (spec §5): embedding table → NAR pre-net → AR codec tokens → TiCodec.
+    """Text → 24 kHz speech (docs/MODEL.md#speech): embedding table → NAR pre-net → AR codec tokens → TiCodec.
     """
 
     def __init__(self, channel):
@@ -48,7 +48,7 @@ class SpeechStub:
 
 
 class SpeechServicer:
-    """Text → 24 kHz speech (spec §5): embedding table → NAR pre-net → AR codec tokens → TiCodec.
+    """Text → 24 kHz speech (docs/MODEL.md#speech): embedding table → NAR pre-net → AR codec tokens → TiCodec.
     """
 
     def Synthesize(self, request_iterator, context):
@@ -89,7 +89,7 @@ def add_SpeechServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Speech:
-    """Text → 24 kHz speech (spec §5): embedding table → NAR pre-net → AR codec tokens → TiCodec.
+    """Text → 24 kHz speech (docs/MODEL.md#speech): embedding table → NAR pre-net → AR codec tokens → TiCodec.
     """
 
     @staticmethod

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class VisionStub:
-    """Images and video (spec §2): dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile.
+    """Images and video: dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile
+    (docs/MODEL.md#vision).
     """
 
     def __init__(self, channel):
@@ -58,7 +59,8 @@ class VisionStub:
 
 
 class VisionServicer:
-    """Images and video (spec §2): dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile.
+    """Images and video: dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile
+    (docs/MODEL.md#vision).
     """
 
     def EncodeImage(self, request, context):
@@ -121,7 +123,8 @@ def add_VisionServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Vision:
-    """Images and video (spec §2): dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile.
+    """Images and video: dynamic tiling → InternViT → pixel shuffle → MLP → 256 tokens per tile
+    (docs/MODEL.md#vision).
     """
 
     @staticmethod
