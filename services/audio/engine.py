@@ -1,4 +1,5 @@
-"""Runs the audio encoder off the caller's thread: one worker thread per engine owns all model compute.
+"""Runs the audio encoder off the caller's thread, on the engine loop (shared.engine_loop): its one worker
+thread owns all model compute.
 
 Work items:
 * subsampling of a stream's utterance while the user speaks (`schedule_subsample`, coalesced: at most one
@@ -6,7 +7,7 @@ Work items:
 * final encodes (`encode`): the remaining subsampling rows of a stream's utterance (or the whole
   subsampling of a raw [T, 80] clip) followed by the transformer + adapter.
 
-Each time the worker wakes it takes everything queued: final encodes go first (they are what a user
+Each step takes everything queued until the step boundary: final encodes go first (they are what a user
 waits for), batched up to `max_batch_size` per forward pass (padded with a key mask; equal to unbatched
 within 1e-5, tested), then the subsampling items. Results are CPU tensors, so a servicer can serialise
 them without touching the device.
@@ -19,117 +20,34 @@ torch intra-op thread by the VAD (see `vad`); the worker uses `intra_op_threads`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
-import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from services.audio.encoder import (
-    MIN_FBANK_FRAMES,
-    WhaleAudioEncoder,
-    fbank_span_of_rows,
-    num_encoder_frames,
-    num_llm_tokens,
-)
+from services.audio.encoder import MIN_FBANK_FRAMES, WhaleAudioEncoder, num_encoder_frames, num_llm_tokens
+from services.audio.encoding import EncodeResult, EncodeTiming, PartialEncoding
 from services.audio.features import NUM_MEL_BINS, AudioTooShortError, PcmEncoding
+from services.audio.stream import AudioStream
 from services.audio.vad import SileroVad, VadConfig
+from shared import engine_loop
+from shared.engine_loop import EngineLoop, LoopStats
 
-if TYPE_CHECKING:
-    from services.audio.stream import AudioStream
+# Importable from here as before the shared types moved to services.audio.encoding.
+__all__ = [
+    "AudioEngine", "AudioEngineStats", "EncodeResult", "EncodeTiming", "EngineStoppedError", "PartialEncoding",
+]
 
 logger = logging.getLogger(__name__)
 
-_INITIAL_FRAME_CAPACITY = 512  # ~5 s of fbank; grows by doubling
 
-
-class EngineStoppedError(RuntimeError):
+class EngineStoppedError(engine_loop.EngineStoppedError):
     """The engine is not running (not started yet, or stopped)."""
-
-
-class PartialEncoding:
-    """The fbank frames of one utterance (appended by the stream's thread) and the subsampled rows the
-    worker has computed from them so far. Frames are raw log-mel; CMVN happens in the model."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._frames = np.empty((_INITIAL_FRAME_CAPACITY, NUM_MEL_BINS), dtype=np.float32)
-        self._num_frames = 0
-        self._rows: list[torch.Tensor] = []  # [k, d] blocks on the model's device
-        self._num_rows = 0
-        self.subsample_calls = 0
-        self.subsample_ns = 0
-        self.queued = False  # a subsample item for this utterance is waiting in the engine queue
-
-    @property
-    def num_frames(self) -> int:
-        return self._num_frames
-
-    @property
-    def num_rows(self) -> int:
-        return self._num_rows
-
-    def append_frames(self, frames: np.ndarray) -> None:
-        if len(frames) == 0:
-            return
-        with self._lock:
-            needed = self._num_frames + len(frames)
-            if needed > len(self._frames):
-                grown = np.empty((max(needed, 2 * len(self._frames)), NUM_MEL_BINS), dtype=np.float32)
-                grown[: self._num_frames] = self._frames[: self._num_frames]
-                self._frames = grown
-            self._frames[self._num_frames : needed] = frames
-            self._num_frames = needed
-
-    def frames(self) -> np.ndarray:
-        with self._lock:
-            return self._frames[: self._num_frames].copy()
-
-    def advance(self, model: WhaleAudioEncoder) -> int:
-        """Computes every subsampled row the frames so far allow; returns how many were added.
-
-        Only the worker thread calls this, so rows are never computed twice; the lock only guards the
-        frame buffer against a concurrent append that reallocates it.
-        """
-        with self._lock:
-            target = num_encoder_frames(self._num_frames)
-            if target <= self._num_rows:
-                return 0
-            span = self._frames[fbank_span_of_rows(self._num_rows, target)].copy()
-        started = time.perf_counter_ns()
-        feats = torch.from_numpy(span).to(device=model.device, dtype=model.dtype).unsqueeze(0)
-        rows = model.subsample(feats)[0]
-        added = target - self._num_rows
-        if rows.size(0) != added:
-            raise AssertionError(f"subsampling produced {rows.size(0)} rows, expected {added}")
-        self._rows.append(rows)
-        self._num_rows = target
-        self.subsample_calls += 1
-        self.subsample_ns += time.perf_counter_ns() - started
-        return added
-
-    def rows(self) -> torch.Tensor:
-        return torch.cat(self._rows, dim=0)
-
-
-@dataclass(frozen=True)
-class EncodeTiming:
-    queue_ns: int  # from `encode()` to the worker picking the item up
-    compute_ns: int  # final subsampling rows + transformer + adapter (this item's batch)
-    eos_subsample_ns: int  # the part of compute_ns spent subsampling frames that arrived last
-    batch_size: int
-
-
-@dataclass
-class EncodeResult:
-    embeddings: torch.Tensor  # [L, llm_hidden], CPU
-    timing: EncodeTiming
-    ready_ns: int  # perf_counter_ns when the embeddings were ready
 
 
 @dataclass(frozen=True)
@@ -143,6 +61,7 @@ class AudioEngineStats:
     encode_compute_ns: int
     subsample_compute_ns: int
     failures: int
+    loop: LoopStats = field(default_factory=LoopStats)  # the worker loop's own counters
 
 
 @dataclass
@@ -162,7 +81,7 @@ class _Barrier:
     done: Future[None]
 
 
-_STOP = object()
+_Item = _EncodeItem | _SubsampleItem | _Barrier
 
 
 def _embeddings_only(inner: Future[EncodeResult]) -> Future[torch.Tensor]:
@@ -179,8 +98,10 @@ def _embeddings_only(inner: Future[EncodeResult]) -> Future[torch.Tensor]:
     return outer
 
 
-class AudioEngine:
+class AudioEngine(EngineLoop):
     """The audio service's model runtime: one encoder, one worker thread, one shared VAD network."""
+
+    stopped_error = EngineStoppedError
 
     def __init__(
         self,
@@ -196,14 +117,15 @@ class AudioEngine:
         the same thread, or pass the count)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be ≥ 1, got {max_batch_size}")
+        super().__init__(name="audio")
         self.intra_op_threads = intra_op_threads or torch.get_num_threads()
         self.encoder = encoder.to(device)
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
         self.vad = vad if vad is not None else SileroVad.load()
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._pending: list[_Item] = []  # engine thread: taken by the next step
+        self._in_step: list[_Item] = []  # engine thread: what a failing step must answer
+        # Written by the engine thread only; read by stats().
         self._utterances_encoded = 0
         self._batches_run = 0
         self._largest_batch = 0
@@ -212,27 +134,9 @@ class AudioEngine:
         self._subsample_compute_ns = 0
         self._failures = 0
 
-    # --- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="audio-engine", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float | None = 10.0) -> None:
+    def stop(self, timeout_s: float | None = 10.0) -> None:
         """Finishes the items already queued, then stops the worker."""
-        with self._lock:  # nothing can be queued behind the stop marker
-            thread, self._thread = self._thread, None
-            if thread is None:
-                return
-            self._queue.put(_STOP)
-        thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
+        super().stop(timeout_s)
 
     # --- API -----------------------------------------------------------------------------------------
 
@@ -243,14 +147,14 @@ class AudioEngine:
     def encode_timed(self, features: torch.Tensor | np.ndarray | PartialEncoding) -> Future[EncodeResult]:
         """Like `encode`, with queue/compute timings and the ready timestamp."""
         item = self._encode_item(features)
-        self._put(item)
+        self.post(lambda: self._pending.append(item))
         return item.future
 
     def encode_many(self, clips: list[torch.Tensor | np.ndarray | PartialEncoding]) -> list[Future[torch.Tensor]]:
         """Several clips queued as one unit, so the worker batches them together (e.g. re-encoding
         history); each future is the clip's [L, llm_hidden] embeddings."""
         items = [self._encode_item(clip) for clip in clips]
-        self._put(items)
+        self.post(lambda: self._pending.extend(items))
         return [_embeddings_only(item.future) for item in items]
 
     def _encode_item(self, features: torch.Tensor | np.ndarray | PartialEncoding) -> _EncodeItem:
@@ -271,13 +175,14 @@ class AudioEngine:
         if partial.queued or num_encoder_frames(partial.num_frames) <= partial.num_rows:
             return
         partial.queued = True
-        self._put(_SubsampleItem(partial))
+        item = _SubsampleItem(partial)
+        self.post(lambda: self._pending.append(item))
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Blocks until everything queued before this call has been processed (benchmarks, drains)."""
-        barrier: Future[None] = Future()
-        self._put(_Barrier(barrier))
-        barrier.result(timeout)
+        barrier = _Barrier(Future())
+        self.post(lambda: self._pending.append(barrier))
+        barrier.done.result(timeout)
 
     def new_stream(
         self,
@@ -286,14 +191,13 @@ class AudioEngine:
         encoding: PcmEncoding | str,
         vad_enabled: bool = True,
     ) -> AudioStream:
-        from services.audio.stream import AudioStream  # stream imports engine types
-
         return AudioStream(self, config, sample_rate_hz=sample_rate_hz, encoding=encoding, vad_enabled=vad_enabled)
 
     def stats(self) -> AudioEngineStats:
+        loop = self.loop_stats()
         return AudioEngineStats(
-            running=self.running,
-            queue_depth=self._queue.qsize(),
+            running=loop.running,
+            queue_depth=loop.inbox_depth + len(self._pending),
             utterances_encoded=self._utterances_encoded,
             batches_run=self._batches_run,
             largest_batch=self._largest_batch,
@@ -301,40 +205,57 @@ class AudioEngine:
             encode_compute_ns=self._encode_compute_ns,
             subsample_compute_ns=self._subsample_compute_ns,
             failures=self._failures,
+            loop=loop,
         )
 
-    def _put(self, item: object) -> None:
-        with self._lock:
-            if self._thread is None:
-                raise EngineStoppedError("the audio engine is not running")
-            self._queue.put(item)
+    # --- loop hooks (engine thread) ------------------------------------------------------------------
 
-    # --- worker --------------------------------------------------------------------------------------
-
-    def _run(self) -> None:
+    @contextlib.contextmanager
+    def worker_context(self) -> Iterator[None]:
         # Per thread with torch's OpenMP backend; set explicitly so the VAD threads' 1 never leaks in.
         torch.set_num_threads(self.intra_op_threads)
         with torch.inference_mode():
-            while True:
-                items = [self._queue.get()]
-                while True:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                # encode_many() queues a list: its clips must meet in one batch.
-                items = [inner for item in items for inner in (item if isinstance(item, list) else [item])]
-                stopping = any(item is _STOP for item in items)
-                encodes = [item for item in items if isinstance(item, _EncodeItem)]
-                subsamples = [item for item in items if isinstance(item, _SubsampleItem)]
-                self._run_encodes(encodes)
-                for item in subsamples:
-                    self._run_subsample(item)
-                for item in items:
-                    if isinstance(item, _Barrier):
-                        item.done.set_result(None)
-                if stopping:
-                    return
+            yield
+
+    def has_work(self) -> bool:
+        return bool(self._pending)
+
+    def step(self) -> None:
+        items, self._pending = self._pending, []
+        self._in_step = items
+        self._run_encodes([item for item in items if isinstance(item, _EncodeItem)])
+        for item in items:
+            if isinstance(item, _SubsampleItem):
+                self._run_subsample(item)
+        for item in items:
+            if isinstance(item, _Barrier):
+                item.done.set_result(None)
+        self._in_step = []
+
+    def on_step_error(self, error: Exception) -> None:
+        # Answer whatever the failed step left unanswered, so no caller waits forever.
+        items, self._in_step = self._in_step, []
+        for item in items:
+            if isinstance(item, _SubsampleItem):
+                item.partial.queued = False
+            elif isinstance(item, _EncodeItem) and not item.future.done():
+                self._fail(item, error)
+            elif isinstance(item, _Barrier) and not item.done.done():
+                item.done.set_exception(error)
+
+    def on_stop(self) -> None:
+        # Items queued before stop() are finished, not failed: their callers are still waiting.
+        while self.has_work():
+            self._step_or_answer()
+
+    def _step_or_answer(self) -> None:
+        try:
+            self.step()
+        except Exception as error:  # noqa: BLE001 - a failed step still answers its callers
+            logger.exception("audio engine: a step failed while stopping")
+            self.on_step_error(error)
+
+    # --- work ----------------------------------------------------------------------------------------
 
     def _run_subsample(self, item: _SubsampleItem) -> None:
         item.partial.queued = False

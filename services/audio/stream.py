@@ -20,22 +20,30 @@ while a commit is an explicit request.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Union
+from typing import Protocol
 
 import numpy as np
-import torch
 
 from services.audio.encoder import MIN_FBANK_FRAMES, num_encoder_frames, num_llm_tokens
-from services.audio.engine import AudioEngine, EncodeResult, PartialEncoding
+from services.audio.encoding import EncodeResult, PartialEncoding
+from services.audio.events import (
+    AudioEvent,
+    DropReason,
+    SpeechStarted,
+    SpeechStopped,
+    StageTiming,
+    StopReason,
+    UtteranceDropped,
+    UtteranceReady,
+    samples_to_ms,
+    wait_for_utterances,
+)
 from services.audio.features import (
     FRAME_LENGTH_SAMPLES,
     FRAME_SHIFT_SAMPLES,
-    MODEL_SAMPLE_RATE_HZ,
     IncrementalFbank,
     PcmEncoding,
     StreamingResampler,
@@ -46,79 +54,27 @@ from services.audio.features import (
     to_pcm16,
     validate_float_samples,
 )
-from services.audio.vad import VadConfig, VadDecision, VadDecisionKind, VadSegmenter
+from services.audio.vad import SileroVad, VadConfig, VadDecision, VadDecisionKind, VadSegmenter
 
 # The encoder needs T ≥ 7 fbank frames: N ≥ 400 + 6·160 = 1360 samples (85 ms).
 MIN_ENCODABLE_SAMPLES = FRAME_LENGTH_SAMPLES + (MIN_FBANK_FRAMES - 1) * FRAME_SHIFT_SAMPLES
 
-
-def samples_to_ms(samples: int) -> float:
-    return samples * 1000.0 / MODEL_SAMPLE_RATE_HZ
-
-
-class StopReason(str, enum.Enum):
-    SILENCE = "silence"  # VAD saw min_silence_ms of silence
-    COMMIT = "commit"  # the client committed (push-to-talk, or a manual end of turn)
-    MAX_LENGTH = "max_length"  # max_utterance_ms reached
-    END_OF_INPUT = "end_of_input"  # the client ended the stream while speaking
+# Importable from here as before the events moved out.
+__all__ = [
+    "MIN_ENCODABLE_SAMPLES", "AudioEvent", "AudioStream", "DropReason", "SpeechStarted", "SpeechStopped",
+    "StageTiming", "StopReason", "UtteranceDropped", "UtteranceReady", "UtteranceEncoder", "expected_llm_tokens",
+    "samples_to_ms", "wait_for_utterances",
+]
 
 
-class DropReason(str, enum.Enum):
-    TOO_SHORT = "too_short"  # under min_utterance_ms (VAD) or under 85 ms (push-to-talk)
-    TOO_LONG = "too_long"  # reached max_utterance_ms: the turn should end with an error
-    EMPTY = "empty"  # a commit with no audio since the last one
-    CANCELLED = "cancelled"  # the client cancelled the utterance in progress
+class UtteranceEncoder(Protocol):
+    """What a stream needs from the audio engine (services.audio.engine.AudioEngine is one)."""
 
+    vad: SileroVad
 
-@dataclass(frozen=True)
-class StageTiming:
-    stage: str  # "audio.<stage>"
-    queue_ns: int
-    compute_ns: int
+    def schedule_subsample(self, partial: PartialEncoding) -> None: ...
 
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    utterance_index: int
-    offset_samples: int  # 16 kHz stream position where the utterance begins (pre-roll included)
-
-    @property
-    def offset_ms(self) -> float:
-        return samples_to_ms(self.offset_samples)
-
-
-@dataclass(frozen=True)
-class SpeechStopped:
-    utterance_index: int
-    offset_samples: int  # 16 kHz stream position where speech ended
-    reason: StopReason
-    # Resolves to the UtteranceReady of this utterance; None when it is dropped (an UtteranceDropped
-    # follows in the same event list).
-    utterance: Future[UtteranceReady] | None = None
-
-    @property
-    def offset_ms(self) -> float:
-        return samples_to_ms(self.offset_samples)
-
-
-@dataclass(frozen=True)
-class UtteranceReady:
-    utterance_index: int
-    embeddings: torch.Tensor  # [L, llm_hidden], CPU
-    pcm16k: np.ndarray  # int16 mono 16 kHz: the audio that was encoded (for history / re-prefill)
-    duration_ms: float
-    eos_to_ready_ns: int  # end of speech seen by the server → embeddings ready
-    timings: tuple[StageTiming, ...]
-
-
-@dataclass(frozen=True)
-class UtteranceDropped:
-    utterance_index: int
-    reason: DropReason
-    duration_ms: float
-
-
-AudioEvent = Union[SpeechStarted, SpeechStopped, UtteranceReady, UtteranceDropped]
+    def encode_timed(self, features: PartialEncoding) -> Future[EncodeResult]: ...
 
 
 class _Utterance:
@@ -155,7 +111,7 @@ class AudioStream:
 
     def __init__(
         self,
-        engine: AudioEngine,
+        engine: UtteranceEncoder,
         config: VadConfig,
         *,
         sample_rate_hz: int,
@@ -376,19 +332,6 @@ class AudioStream:
 
         self._engine.encode_timed(partial).add_done_callback(_complete)
         return ready
-
-
-def wait_for_utterances(events: list[AudioEvent], timeout: float | None = None) -> list[AudioEvent]:
-    """`events` with each encoded utterance's UtteranceReady inserted after its SpeechStopped (blocking).
-
-    For synchronous callers (tests, benchmarks); a servicer awaits `SpeechStopped.utterance` instead.
-    """
-    resolved: list[AudioEvent] = []
-    for event in events:
-        resolved.append(event)
-        if isinstance(event, SpeechStopped) and event.utterance is not None:
-            resolved.append(event.utterance.result(timeout))
-    return resolved
 
 
 def expected_llm_tokens(num_samples: int) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +73,33 @@ def test_lifecycle(tiny_encoder, silero):
     assert not engine.stats().running
     with pytest.raises(EngineStoppedError):
         engine.encode(clips(1)[0])
+
+
+def test_stop_finishes_what_was_queued_before_it(tiny_encoder, silero):
+    engine = AudioEngine(tiny_encoder, device="cpu", max_batch_size=8, vad=silero)
+    engine.start()
+    futures = engine.encode_many(clips(3))
+    engine.stop()
+    assert all(future.result(0).shape[0] > 0 for future in futures)
+    assert engine.stats().utterances_encoded == 3 and engine.stats().queue_depth == 0
+
+
+def test_a_failing_step_answers_its_callers_and_the_worker_goes_on(engine, monkeypatch):
+    def broken(_items) -> None:
+        raise RuntimeError("bug in the step")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "_run_encodes", broken)
+        with pytest.raises(RuntimeError, match="bug in the step"):
+            engine.encode(clips(1)[0]).result(WAIT_S)
+    assert engine.encode(clips(1)[0]).result(WAIT_S).shape[0] > 0
+    assert engine.stats().loop.step_errors == 1
+
+
+def test_the_stream_module_does_not_import_the_engine():
+    # The engine makes streams; a stream only needs the types in services.audio.encoding.
+    code = "import sys, services.audio.stream; assert 'services.audio.engine' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_concurrent_streams_are_isolated(engine):
