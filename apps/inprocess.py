@@ -1,6 +1,9 @@
 """The same engines the services run, called directly: no gRPC, no Redis. This is the floor that the
 distributed numbers are compared with (`vita bench --inprocess`) and the reference for the determinism
-test (with a seed, the distributed stack must produce the same audio, byte for byte)."""
+test (with a seed, the distributed stack must produce the same audio, byte for byte).
+
+It implements the orchestrator's backend interfaces, so embedding rows cross this boundary as wire
+tensors and are decoded here exactly as the LLM service decodes them off the wire."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from services.orchestrator.backends import (
     LLMDelta,
     LLMDone,
     LLMFacts,
+    MediaPiece,
     PromptPiece,
     SpeechAudio,
     SpeechDone,
@@ -37,6 +41,7 @@ from services.speech.engine import AudioEvent, SegmentDoneEvent, SpeechEngine, S
 from services.speech.server import build_engine as build_speech_engine
 from shared.aio_bridge import EngineEvents
 from shared.settings import ServiceSettings
+from shared.tensors import from_wire
 from shared.tokenizer import QwenTokenizer
 from shared.weights_info import describe as describe_weights
 
@@ -61,10 +66,7 @@ class InProcessLLM:
     async def generate(
         self, ids: CallIds, prompt: list[PromptPiece], *, max_new_tokens: int, temperature: float, top_p: float
     ) -> AsyncIterator[LLMDelta | LLMDone]:
-        segments = [
-            TokenSegment(ids=p.ids) if isinstance(p, TokenPiece) else EmbeddingSegment(p.content_id, p.rows, p.num_rows)
-            for p in prompt
-        ]
+        segments = [_segment(piece) for piece in prompt]
         stop_ids = (self._tokenizer.special.im_end,)
         request = GenerationRequest(
             request_id=uuid.uuid4().hex, session_id=ids.session_id, segments=segments, max_new_tokens=max_new_tokens,
@@ -100,6 +102,15 @@ class InProcessLLM:
         finally:
             if not finished:
                 self._engine.cancel(request.request_id)
+
+
+def _segment(piece: PromptPiece) -> TokenSegment | EmbeddingSegment:
+    if isinstance(piece, TokenPiece):
+        return TokenSegment(ids=piece.ids)
+    assert isinstance(piece, MediaPiece)
+    # Empty rows mean "in the session's cache", as an empty Tensor does on the wire.
+    rows = from_wire(piece.rows) if piece.rows is not None and piece.rows.nbytes else None
+    return EmbeddingSegment(piece.content_id, rows, piece.num_rows)
 
 
 class InProcessSpeechStream:

@@ -169,9 +169,10 @@ def configure_logging(level: str) -> None:
 async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: list | None = None) -> None:
     """Serves until SIGTERM/SIGINT, then drains for `settings.drain_seconds`."""
     die_with_parent(settings.parent_pid)
-    if settings.torch_threads > 0:
-        import torch
-
+    # Only the model services hold torch (their modules import it before this runs). The launcher gives
+    # every process the same thread count, and importing torch here would cost the orchestrator ~4 s.
+    torch = sys.modules.get("torch")
+    if settings.torch_threads > 0 and torch is not None:
         torch.set_num_threads(settings.torch_threads)
     metrics_port = -1
     if settings.metrics_port >= 0:

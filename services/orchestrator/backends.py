@@ -1,7 +1,10 @@
 """What the turn pipeline needs from the model services, as plain Python types.
 
-Two implementations: `grpc_backends` (the distributed stack) and `inprocess` (the same engines called
+Two implementations: `grpc_backends` (the distributed stack) and `apps.inprocess` (the same engines called
 directly, no gRPC, no Redis: the floor for `vita bench --inprocess` and the reference for determinism).
+
+Embedding rows are `WireTensor`s, bytes the orchestrator forwards from the encoders to the LLM unchanged:
+it never needs their values, so it never imports torch.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
-import torch
+from shared.wire_tensor import WireTensor
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class MediaPiece:
 
     content_id: str
     num_rows: int
-    rows: torch.Tensor | None = None
+    rows: WireTensor | None = None
 
 
 PromptPiece = TokenPiece | MediaPiece
@@ -142,12 +145,12 @@ class EncodedMedia:
     """LLM input rows of one image (all its tiles), video (all its frames) or audio clip."""
 
     kind: str  # "image" | "video" | "audio"
-    rows: torch.Tensor  # [num_rows, hidden]
+    rows: WireTensor  # [num_rows, hidden]
     timings: tuple[StageTime, ...] = ()
 
     @property
     def num_rows(self) -> int:
-        return int(self.rows.shape[0])
+        return self.rows.num_rows
 
 
 class VisionBackend(Protocol):

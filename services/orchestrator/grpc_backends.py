@@ -1,4 +1,8 @@
-"""Backends that reach the model services over gRPC."""
+"""Backends that reach the model services over gRPC.
+
+Embedding rows arrive from the encoders and leave for the LLM as wire tensors: checked, joined by bytes,
+never decoded into numbers here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from contextlib import contextmanager
 from typing import AsyncIterator
 
 import grpc
-import torch
 
 from services.orchestrator.backends import (
     BackendError,
@@ -32,7 +35,7 @@ from services.orchestrator.backends import (
     VoiceSpeechStopped,
     VoiceUtterance,
 )
-from shared.tensors import from_proto, to_proto
+from shared.wire_tensor import TensorDecodeError, WireTensor, concat_rows
 from shared.weights_info import describe as describe_weights
 from vita.audio.v1 import audio_pb2, audio_pb2_grpc
 from vita.common.v1 import common_pb2
@@ -57,7 +60,7 @@ def backend_error(service: str, error: grpc.aio.AioRpcError) -> BackendError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return BackendError("UNAVAILABLE", f"the {service} service is unavailable; try again shortly")
     if code == grpc.StatusCode.INTERNAL:
-        # Internal details stay in the service's log (DESIGN rule 8).
+        # Internal details stay in the service's log; the client gets a message it can act on.
         return BackendError("INTERNAL", f"the {service} service failed")
     return BackendError(code.name, error.details() or f"{service} call failed")
 
@@ -141,7 +144,7 @@ def _segment(piece: PromptPiece) -> llm_pb2.Segment:
         return llm_pb2.Segment(tokens=llm_pb2.TokenIds(ids=piece.ids))
     span = llm_pb2.EmbeddingSpan(content_id=piece.content_id, num_rows=piece.num_rows)
     if piece.rows is not None:
-        span.rows.CopyFrom(to_proto(piece.rows))
+        span.rows.CopyFrom(piece.rows.to_message())
     return llm_pb2.Segment(embeddings=span)
 
 
@@ -195,16 +198,24 @@ class GrpcSpeech:
 # ----- media encoders -----
 
 
+def embedding_rows(service: str, *messages: common_pb2.Tensor) -> WireTensor:
+    """Rows as an encoder sent them (one message, or one per tile or frame), checked and joined."""
+    if not messages:
+        raise BackendError("INTERNAL", f"the {service} service returned no embeddings")
+    try:
+        return concat_rows([WireTensor.from_message(message) for message in messages])
+    except TensorDecodeError:
+        raise BackendError("INTERNAL", f"the {service} service returned malformed embeddings") from None
+
+
 async def _collect_embeddings(call, kind: str, service: str) -> EncodedMedia:
     chunks, timings = [], ()
     with rpc_errors(service):
         async for chunk in call:
-            chunks.append(from_proto(chunk.embeddings))
+            chunks.append(chunk.embeddings)
             if chunk.timings:
                 timings = stage_times(chunk.timings)
-    if not chunks:
-        raise BackendError("INTERNAL", f"the {service} service returned no embeddings")
-    return EncodedMedia(kind, torch.cat(chunks, dim=0), timings)
+    return EncodedMedia(kind, embedding_rows(service, *chunks), timings)
 
 
 class GrpcVision:
@@ -265,7 +276,7 @@ class GrpcVoiceStream:
                     yield VoiceSpeechStopped(response.speech_stopped.offset_ms)
                 elif kind == "utterance":
                     u = response.utterance
-                    clip = EncodedMedia("audio", from_proto(u.embeddings), stage_times(u.timings))
+                    clip = EncodedMedia("audio", embedding_rows("audio", u.embeddings), stage_times(u.timings))
                     yield VoiceUtterance(u.index, clip, u.pcm16k, u.duration_ms, u.eos_to_ready_ns)
                 elif kind == "dropped":
                     yield VoiceDropped(response.dropped.reason, response.dropped.duration_ms)
@@ -297,4 +308,4 @@ class GrpcAudio:
         )
         with rpc_errors("audio"):
             reply = await self._stub.EncodeClip(request)
-        return EncodedMedia("audio", from_proto(reply.embeddings), stage_times(reply.timings))
+        return EncodedMedia("audio", embedding_rows("audio", reply.embeddings), stage_times(reply.timings))

@@ -1,7 +1,7 @@
 """Images, videos and audio clips of a conversation: encoded through the vision and audio services,
 kept by reference in history, and restored for a re-prefill.
 
-Decision (issue 4): history keeps media *references* — a content hash plus the encoded bytes in Redis
+History keeps media *references* — a content hash plus the encoded bytes in Redis
 under that hash — never pixels or embeddings in the turn record. The LLM's KV cache normally covers
 past media, so their rows are not even sent; when it does not (a cold or evicted session, another LLM
 replica), the LLM answers FAILED_PRECONDITION and the orchestrator restores the rows: from a small
@@ -15,8 +15,6 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import torch
-
 from services.orchestrator.backends import (
     AudioBackend,
     BackendError,
@@ -28,6 +26,7 @@ from services.orchestrator.backends import (
 )
 from services.orchestrator.records import MediaRef
 from services.orchestrator.sessions import SessionStore
+from shared.wire_tensor import WireTensor
 
 
 class MediaRejected(Exception):
@@ -74,25 +73,24 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int):
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._rows: OrderedDict[str, WireTensor] = OrderedDict()
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> WireTensor | None:
         rows = self._rows.get(key)
         if rows is not None:
             self._rows.move_to_end(key)
         return rows
 
-    def put(self, key: str, rows: torch.Tensor) -> None:
-        size = rows.numel() * rows.element_size()
-        if size > self._max_bytes:
+    def put(self, key: str, rows: WireTensor) -> None:
+        if rows.nbytes > self._max_bytes:
             return
         if key in self._rows:
-            self._bytes -= self._rows.pop(key).numel() * rows.element_size()
+            self._bytes -= self._rows.pop(key).nbytes
         self._rows[key] = rows
-        self._bytes += size
+        self._bytes += rows.nbytes
         while self._bytes > self._max_bytes:
             _, evicted = self._rows.popitem(last=False)
-            self._bytes -= evicted.numel() * evicted.element_size()
+            self._bytes -= evicted.nbytes
 
 
 class MediaLibrary:
@@ -121,9 +119,9 @@ class MediaLibrary:
             self._cache.put(key, rows)
         blob_key = await self._store.put_blob(tenant, key, blob)
         kind = "video" if request.kind == "frames" else request.kind
-        ref = MediaRef(kind=kind, content_id=key, num_rows=int(rows.shape[0]), blob_key=blob_key,
+        ref = MediaRef(kind=kind, content_id=key, num_rows=rows.num_rows, blob_key=blob_key,
                        max_tiles=request.max_tiles, source=request.kind)
-        return MediaPiece(key, int(rows.shape[0]), rows), ref
+        return MediaPiece(key, rows.num_rows, rows), ref
 
     async def _run_encoder(self, ids: CallIds, request: MediaRequest) -> EncodedMedia:
         if request.kind == "audio":
@@ -156,7 +154,7 @@ class MediaLibrary:
             restored.append(piece)
         return restored
 
-    async def _reencode(self, ids: CallIds, ref: MediaRef) -> torch.Tensor:
+    async def _reencode(self, ids: CallIds, ref: MediaRef) -> WireTensor:
         blob = await self._store.get_blob(ref.blob_key) if ref.blob_key else None
         if blob is None:
             raise BackendError("FAILED_PRECONDITION",
@@ -167,6 +165,6 @@ class MediaLibrary:
         else:
             request = MediaRequest(kind=ref.source, data=blob, max_tiles=ref.max_tiles)
         rows = (await self._run_encoder(ids, request)).rows
-        if rows.shape[0] != ref.num_rows:
+        if rows.num_rows != ref.num_rows:
             raise BackendError("INTERNAL", "re-encoding a past media item gave a different length")
         return rows
