@@ -44,6 +44,9 @@ What the subclass calls:
 `stop()` refuses new commands from the moment it is called, lets the step in flight finish, applies the
 commands already queued, calls `on_stop()`, and joins the thread (unless called from the engine thread
 itself, e.g. from an event callback). An engine cannot be restarted after `stop()`.
+
+The base keeps its own state in attributes named `_loop_*` (and `engine_name`); subclasses leave that
+prefix alone, so an engine's `_run` or `_thread` can never shadow the loop's.
 """
 
 from __future__ import annotations
@@ -83,80 +86,83 @@ class EngineLoop:
     stopped_error: type[Exception] = EngineStoppedError
 
     def __init__(self, *, name: str, idle_wait_s: float | None = None) -> None:
-        """`name` names the thread and the stopped error's message. `idle_wait_s`: when set, an idle loop
-        re-checks `has_work()` at least this often (for work that becomes due with time, not with a post)."""
-        self.name = name
-        self._idle_wait_s = idle_wait_s
-        # Shared with caller threads, guarded by _wakeup (an RLock so subclasses can post while holding it).
-        self._wakeup = threading.Condition(threading.RLock())
-        self._inbox: deque[Command] = deque()
-        self._accepting = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._steps = 0
-        self._commands_applied = 0
-        self._step_errors = 0
-        self._busy_ns = 0
+        """`name` names the thread ("<name>-engine") and goes into the stopped error's message.
+        `idle_wait_s`: when set, an idle loop re-checks `has_work()` at least this often (for work that
+        becomes due with time rather than with a post)."""
+        self.engine_name = name
+        self._loop_idle_wait_s = idle_wait_s
+        # Shared with caller threads, guarded by _loop_lock (an RLock so subclasses can post while holding it).
+        self._loop_lock = threading.Condition(threading.RLock())
+        self._loop_inbox: deque[Command] = deque()
+        self._loop_accepting = False
+        self._loop_stopping = False
+        self._loop_thread: threading.Thread | None = None
+        self._loop_steps = 0
+        self._loop_commands_applied = 0
+        self._loop_step_errors = 0
+        self._loop_busy_ns = 0
 
     # ----------------------------------------------------------------------------------- caller threads
 
     def start(self) -> None:
         """Start the engine thread; a no-op if it runs already."""
-        with self._wakeup:
-            if self._stopping:
-                raise RuntimeError(f"the {self.name} engine was stopped and cannot be restarted")
-            if self._thread is not None:
+        with self._loop_lock:
+            if self._loop_stopping:
+                raise RuntimeError(f"the {self.engine_name} engine was stopped and cannot be restarted")
+            if self._loop_thread is not None:
                 return
-            self._accepting = True
-            self._thread = threading.Thread(target=self._run, name=f"{self.name}-engine", daemon=True)
-            self._thread.start()
+            self._loop_accepting = True
+            self._loop_thread = threading.Thread(
+                target=self._loop_main, name=f"{self.engine_name}-engine", daemon=True
+            )
+            self._loop_thread.start()
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new commands, finish the step in flight, hand everything held to `on_stop()`, join."""
-        with self._wakeup:
-            self._accepting = False
-            self._stopping = True
-            self._wakeup.notify_all()
-            thread = self._thread
+        with self._loop_lock:
+            self._loop_accepting = False
+            self._loop_stopping = True
+            self._loop_lock.notify_all()
+            thread = self._loop_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
     @property
     def running(self) -> bool:
         """True between start() and stop() (for health checks)."""
-        with self._wakeup:
-            return self._accepting
+        with self._loop_lock:
+            return self._loop_accepting
 
     @property
     def inbox_lock(self) -> AbstractContextManager:
-        return self._wakeup
+        return self._loop_lock
 
     def post(self, command: Command) -> None:
         """Queue a command for the next step boundary; raises `stopped_error` when not running."""
-        with self._wakeup:
-            if not self._accepting:
-                raise self.stopped_error(f"the {self.name} engine is not running")
-            self._inbox.append(command)
-            self._wakeup.notify()
+        with self._loop_lock:
+            if not self._loop_accepting:
+                raise self.stopped_error(f"the {self.engine_name} engine is not running")
+            self._loop_inbox.append(command)
+            self._loop_lock.notify()
 
     def post_if_running(self, command: Command) -> bool:
         """Queue a command unless the engine is stopped; returns whether it was queued."""
-        with self._wakeup:
-            if not self._accepting:
+        with self._loop_lock:
+            if not self._loop_accepting:
                 return False
-            self._inbox.append(command)
-            self._wakeup.notify()
+            self._loop_inbox.append(command)
+            self._loop_lock.notify()
             return True
 
     def loop_stats(self) -> LoopStats:
-        with self._wakeup:
+        with self._loop_lock:
             return LoopStats(
-                running=self._accepting,
-                steps=self._steps,
-                commands_applied=self._commands_applied,
-                step_errors=self._step_errors,
-                busy_s=self._busy_ns / 1e9,
-                inbox_depth=len(self._inbox),
+                running=self._loop_accepting,
+                steps=self._loop_steps,
+                commands_applied=self._loop_commands_applied,
+                step_errors=self._loop_step_errors,
+                busy_s=self._loop_busy_ns / 1e9,
+                inbox_depth=len(self._loop_inbox),
             )
 
     # ------------------------------------------------------------------------------------ subclass hooks
@@ -181,66 +187,66 @@ class EngineLoop:
 
     # ------------------------------------------------------------------------------------- engine thread
 
-    def _run(self) -> None:
+    def _loop_main(self) -> None:
         with self.worker_context():
             while True:
-                commands = self._next_commands()
+                commands = self._loop_next_commands()
                 if commands is None:
                     break
                 started = time.perf_counter_ns()
-                self._apply(commands)
-                stepped = self._step_if_work()
-                with self._wakeup:
-                    self._busy_ns += time.perf_counter_ns() - started
-                    self._steps += stepped
+                self._loop_apply(commands)
+                stepped = self._loop_step_if_work()
+                with self._loop_lock:
+                    self._loop_busy_ns += time.perf_counter_ns() - started
+                    self._loop_steps += stepped
             # Commands accepted before stop() are applied, so on_stop() sees every request it must answer.
-            with self._wakeup:
-                remaining = list(self._inbox)
-                self._inbox.clear()
-            self._apply(remaining)
+            with self._loop_lock:
+                remaining = list(self._loop_inbox)
+                self._loop_inbox.clear()
+            self._loop_apply(remaining)
             try:
                 self.on_stop()
             except Exception:  # noqa: BLE001 - stop() must still return and join
-                logger.exception("%s engine: on_stop failed", self.name)
+                logger.exception("%s engine: on_stop failed", self.engine_name)
 
-    def _next_commands(self) -> list[Command] | None:
+    def _loop_next_commands(self) -> list[Command] | None:
         """Sleep until there is something to do; take the inbox. None when the loop must end."""
-        with self._wakeup:
-            while not self._stopping and not self._inbox and not self.has_work():
-                self._wakeup.wait(self._idle_wait_s)
-            if self._stopping:
+        with self._loop_lock:
+            while not self._loop_stopping and not self._loop_inbox and not self.has_work():
+                self._loop_lock.wait(self._loop_idle_wait_s)
+            if self._loop_stopping:
                 return None
-            commands = list(self._inbox)
-            self._inbox.clear()
+            commands = list(self._loop_inbox)
+            self._loop_inbox.clear()
             return commands
 
-    def _apply(self, commands: list[Command]) -> None:
+    def _loop_apply(self, commands: list[Command]) -> None:
         errors = 0
         for command in commands:
             try:
                 command()
             except Exception as error:  # noqa: BLE001 - one bad command must not drop the ones behind it
                 errors += 1
-                logger.exception("%s engine: a command failed", self.name)
-                self._call_hook(self.on_command_error, error)
-        with self._wakeup:
-            self._commands_applied += len(commands)
-            self._step_errors += errors
+                logger.exception("%s engine: a command failed", self.engine_name)
+                self._loop_call_hook(self.on_command_error, error)
+        with self._loop_lock:
+            self._loop_commands_applied += len(commands)
+            self._loop_step_errors += errors
 
-    def _step_if_work(self) -> int:
+    def _loop_step_if_work(self) -> int:
         if not self.has_work():
             return 0
         try:
             self.step()
         except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
-            logger.exception("%s engine: a step failed", self.name)
-            with self._wakeup:
-                self._step_errors += 1
-            self._call_hook(self.on_step_error, error)
+            logger.exception("%s engine: a step failed", self.engine_name)
+            with self._loop_lock:
+                self._loop_step_errors += 1
+            self._loop_call_hook(self.on_step_error, error)
         return 1
 
-    def _call_hook(self, hook: Callable[[Exception], None], error: Exception) -> None:
+    def _loop_call_hook(self, hook: Callable[[Exception], None], error: Exception) -> None:
         try:
             hook(error)
         except Exception:  # noqa: BLE001 - the error hook is the last resort; the thread must survive
-            logger.exception("%s engine: %s failed", self.name, hook.__name__)
+            logger.exception("%s engine: %s failed", self.engine_name, hook.__name__)

@@ -205,9 +205,9 @@ def test_stop_from_the_engine_thread_does_not_deadlock():
     engine.post(stop_from_inside)
     assert done.wait(WAIT_S)
     deadline = time.monotonic() + WAIT_S
-    while engine._thread.is_alive() and time.monotonic() < deadline:  # noqa: SLF001 - the thread must end
+    while engine._loop_thread.is_alive() and time.monotonic() < deadline:  # noqa: SLF001 - the thread must end
         time.sleep(0.001)
-    assert not engine._thread.is_alive()  # noqa: SLF001
+    assert not engine._loop_thread.is_alive()  # noqa: SLF001
 
 
 def test_idle_wait_rechecks_has_work_without_a_post():

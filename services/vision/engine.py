@@ -1,4 +1,4 @@
-"""Batches the tiles of concurrent requests through the vision model on one worker thread.
+"""Batches the tiles of concurrent requests through the vision model, on the shared engine loop.
 
 The servicer's event loop only enqueues and awaits futures (wrap with `asyncio.wrap_future`); the model
 runs on this engine's own thread. Each step takes up to `max_batch_size` tiles from the queue in arrival
@@ -12,7 +12,6 @@ are then skipped, so a cancelled 13-tile request costs at most the step already 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -22,24 +21,41 @@ from dataclasses import dataclass, field
 import torch
 
 from services.vision.model import VisionEncoder
+from shared.engine_loop import EngineLoop, LoopStats
+from shared.engine_loop import EngineStoppedError as _LoopStoppedError
 
 logger = logging.getLogger(__name__)
 
 
-class EngineStoppedError(RuntimeError):
+class EngineStoppedError(_LoopStoppedError):
     """The engine is not running (never started, or stopped while the request waited)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     tiles: torch.Tensor  # [n, 3, S, S] on the caller's device
     future: Future[torch.Tensor]
-    next_tile: int = 0
+    next_tile: int = 0  # tiles before it are in a step already
     parts: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
         return self.tiles.shape[0] - self.next_tile
+
+
+@dataclass(frozen=True)
+class _TileSlice:
+    request: _Request
+    start: int
+    end: int
+
+    @property
+    def tiles(self) -> int:
+        return self.end - self.start
+
+    @property
+    def completes_request(self) -> bool:
+        return self.end == self.request.tiles.shape[0]
 
 
 @dataclass(frozen=True)
@@ -53,9 +69,12 @@ class VisionEngineStats:
     queued_tiles: int
     busy_s: float  # time spent in model steps
     batch_size_counts: dict[int, int]  # batch size (tiles) → number of steps of that size
+    loop: LoopStats = field(default_factory=LoopStats)  # the engine thread: iterations, commands, busy time
 
 
-class VisionEngine:
+class VisionEngine(EngineLoop):
+    stopped_error = EngineStoppedError
+
     def __init__(
         self,
         model: VisionEncoder,
@@ -68,6 +87,7 @@ class VisionEngine:
         """`on_batch(tiles, seconds)` is called on the worker thread after each step (for metrics)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be ≥ 1, got {max_batch_size}")
+        super().__init__(name="vision")
         self._model = model
         self._device = torch.device(device)
         self._dtype = next(model.parameters()).dtype
@@ -76,10 +96,12 @@ class VisionEngine:
         self._on_batch = on_batch
         self._tile_size = model.dims.image_size
         self._out_shape = (model.dims.tokens_per_tile, model.dims.llm_hidden)
-        self._cond = threading.Condition()
-        self._pending: deque[_Request] = deque()
-        self._running = False
-        self._thread: threading.Thread | None = None
+        # Engine-thread state: requests with tiles not yet in a step, oldest first.
+        self._queue: deque[_Request] = deque()
+        # Shared with caller threads, guarded by the inbox lock. Queued counts include submits still in
+        # the inbox, so a servicer sees the whole backlog when it decides whether to admit more.
+        self._queued_requests = 0
+        self._queued_tiles = 0
         self._batches = 0
         self._tiles = 0
         self._completed = 0
@@ -87,40 +109,6 @@ class VisionEngine:
         self._cancelled = 0
         self._busy_s = 0.0
         self._batch_sizes: Counter[int] = Counter()
-
-    # ------------------------------------------------------------------------------------- lifecycle
-
-    def start(self) -> None:
-        with self._cond:
-            if self._running:
-                return
-            self._running = True
-        self._thread = threading.Thread(target=self._run, name="vision-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Finish the running step, then fail every queued request with EngineStoppedError."""
-        with self._cond:
-            self._running = False
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-        with self._cond:
-            abandoned, self._pending = list(self._pending), deque()
-        failed = 0
-        for request in abandoned:
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(EngineStoppedError("the vision engine stopped before this request ran"))
-                failed += 1
-        with self._cond:
-            self._failed += failed
-
-    @property
-    def running(self) -> bool:
-        """False once stop() was called (for health checks)."""
-        with self._cond:
-            return self._running
 
     # ------------------------------------------------------------------------------------------- API
 
@@ -136,82 +124,98 @@ class VisionEngine:
             future.set_running_or_notify_cancel()
             future.set_result(torch.empty(0, *self._out_shape, dtype=self._dtype, device=self._output_device))
             return future
-        with self._cond:
-            if not self._running:
-                raise EngineStoppedError("the vision engine is not running")
-            self._pending.append(_Request(tiles=tiles, future=future))
-            self._cond.notify()
+        request = _Request(tiles=tiles, future=future)
+        with self.inbox_lock:
+            self.post(lambda: self._queue.append(request))
+            self._queued_requests += 1
+            self._queued_tiles += tiles.shape[0]
         return future
 
     def stats(self) -> VisionEngineStats:
-        with self._cond:
+        loop = self.loop_stats()
+        with self.inbox_lock:
             return VisionEngineStats(
                 batches=self._batches,
                 tiles=self._tiles,
                 requests_completed=self._completed,
                 requests_failed=self._failed,
                 requests_cancelled=self._cancelled,
-                queued_requests=len(self._pending),
-                queued_tiles=sum(request.remaining for request in self._pending),
+                queued_requests=self._queued_requests,
+                queued_tiles=self._queued_tiles,
                 busy_s=self._busy_s,
                 batch_size_counts=dict(sorted(self._batch_sizes.items())),
+                loop=loop,
             )
+
+    # ------------------------------------------------------------------------- loop hooks (engine thread)
+
+    def has_work(self) -> bool:
+        return bool(self._queue)
+
+    def step(self) -> None:
+        slices = self._take_slices()
+        if slices:
+            self._encode(slices)
+
+    def on_step_error(self, error: Exception) -> None:
+        """A bug outside the model call (which fails its own slices): fail every queued request."""
+        self._fail_queued(error)
+
+    def on_stop(self) -> None:
+        self._fail_queued(EngineStoppedError("the vision engine stopped before this request ran"))
 
     # ---------------------------------------------------------------------------------------- worker
 
-    def _take_batch(self) -> list[tuple[_Request, int, int]]:
-        """Up to max_batch_size tiles from the queue head, as (request, start, end) slices. Holds the lock."""
-        slices: list[tuple[_Request, int, int]] = []
+    def _take_slices(self) -> list[_TileSlice]:
+        """Up to max_batch_size tiles from the queue head, in arrival order; cancelled requests leave."""
+        slices: list[_TileSlice] = []
         capacity = self._max_batch_size
-        for request in list(self._pending):
+        cancelled = left_queue = dropped_tiles = 0
+        for request in list(self._queue):
             if capacity == 0:
                 break
             if request.future.cancelled():
-                self._pending.remove(request)
-                self._cancelled += 1
+                self._queue.remove(request)
+                cancelled += 1
+                left_queue += 1
+                dropped_tiles += request.remaining
                 continue
             count = min(capacity, request.remaining)
-            slices.append((request, request.next_tile, request.next_tile + count))
+            slices.append(_TileSlice(request, request.next_tile, request.next_tile + count))
             request.next_tile += count
             capacity -= count
             if request.remaining == 0:
-                self._pending.remove(request)  # fully scheduled; completed after this step
+                self._queue.remove(request)  # fully scheduled; completed after this step
+                left_queue += 1
+        with self.inbox_lock:
+            self._cancelled += cancelled
+            self._queued_requests -= left_queue
+            self._queued_tiles -= dropped_tiles + sum(piece.tiles for piece in slices)
         return slices
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._running and not self._pending:
-                    self._cond.wait()
-                if not self._running:
-                    return
-                slices = self._take_batch()
-            if slices:
-                self._step(slices)
-
-    def _step(self, slices: list[tuple[_Request, int, int]]) -> None:
-        batch_tiles = sum(end - start for _, start, end in slices)
+    def _encode(self, slices: list[_TileSlice]) -> None:
+        batch_tiles = sum(piece.tiles for piece in slices)
         started = time.perf_counter()
         try:
-            batch = torch.cat([request.tiles[start:end] for request, start, end in slices])
+            batch = torch.cat([piece.request.tiles[piece.start : piece.end] for piece in slices])
             with torch.inference_mode():
                 output = self._model(batch.to(device=self._device, dtype=self._dtype))
             output = output.to(self._output_device)
         except Exception as error:  # noqa: BLE001 - the worker must survive; the error goes to the callers
             logger.exception("vision batch of %d tiles failed", batch_tiles)
-            self._fail(slices, error)
+            self._fail_slices(slices, error)
             return
         elapsed = time.perf_counter() - started
         offset = 0
         finished: list[_Request] = []
-        for request, start, end in slices:
-            part = output[offset : offset + end - start]
+        for piece in slices:
+            part = output[offset : offset + piece.tiles]
             # A view of a shared batch would keep the whole batch's memory alive for as long as any
             # one caller holds its result.
-            request.parts.append(part if len(slices) == 1 else part.clone())
-            offset += end - start
-            if end == request.tiles.shape[0]:
-                finished.append(request)
+            piece.request.parts.append(part if len(slices) == 1 else part.clone())
+            offset += piece.tiles
+            if piece.completes_request:
+                finished.append(piece.request)
         completed = cancelled = 0
         for request in finished:
             # Cancelled between steps: drop the result instead of resolving.
@@ -222,7 +226,7 @@ class VisionEngine:
             else:
                 cancelled += 1
             request.parts = []
-        with self._cond:
+        with self.inbox_lock:
             self._batches += 1
             self._tiles += batch_tiles
             self._batch_sizes[batch_tiles] += 1
@@ -235,15 +239,30 @@ class VisionEngine:
             except Exception:  # noqa: BLE001 - a metrics hook must never stop the worker
                 logger.exception("vision on_batch hook failed")
 
-    def _fail(self, slices: list[tuple[_Request, int, int]], error: BaseException) -> None:
+    def _fail_slices(self, slices: list[_TileSlice], error: BaseException) -> None:
+        """The requests of a failed step; one split across steps leaves the queue with its other tiles."""
+        requests = list({id(piece.request): piece.request for piece in slices}.values())
+        still_queued = [request for request in requests if request in self._queue]
+        for request in still_queued:
+            self._queue.remove(request)
+        with self.inbox_lock:
+            self._queued_requests -= len(still_queued)
+            self._queued_tiles -= sum(request.remaining for request in still_queued)
+        self._fail_requests(requests, error)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        requests = list(self._queue)
+        self._queue.clear()
+        with self.inbox_lock:
+            self._queued_requests -= len(requests)
+            self._queued_tiles -= sum(request.remaining for request in requests)
+        self._fail_requests(requests, error)
+
+    def _fail_requests(self, requests: list[_Request], error: BaseException) -> None:
         failed = 0
-        with self._cond:
-            for request, _, _ in slices:
-                if request in self._pending:
-                    self._pending.remove(request)
-        for request in {id(request): request for request, _, _ in slices}.values():
+        for request in requests:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(error)
                 failed += 1
-        with self._cond:
+        with self.inbox_lock:
             self._failed += failed
