@@ -335,5 +335,6 @@ class AudioStream:
 
 
 def expected_llm_tokens(num_samples: int) -> int:
-    """LLM positions an utterance of `num_samples` 16 kHz samples yields (spec §3.3 chain)."""
+    """LLM positions an utterance of `num_samples` 16 kHz samples yields (samples → fbank frames → encoder
+    rows → LLM tokens, docs/MODEL.md#audio-adapter)."""
     return num_llm_tokens(num_encoder_frames(num_fbank_frames(num_samples)))

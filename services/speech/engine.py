@@ -96,12 +96,12 @@ class SpeechEngine(EngineLoop):
         """
         max_batch_size: segments decoded together; also the FIXED row count of every AR step (batch
             invariance), so on a CPU serving the full model keep it near the expected concurrency.
-        first_chunk_tokens / chunk_tokens / context_tokens: codec chunking (20 tokens for a stream's first
-            spoken segment, 40 after; 10 tokens of context each side).
+        first_chunk_tokens / chunk_tokens / context_tokens: codec chunking (docs/MODEL.md#chunking): 20
+            tokens for a stream's first spoken segment, 40 after; 10 tokens of context each side.
         codec_tokens_per_text_token, length_cap_base_tokens, max_codec_tokens: a segment stops after
             min(max_codec_tokens, per_text_token · n_text + base) codec tokens. The reference caps only at
             1000 (25 s); tying the cap to the text bounds a model that misses EOS to ~1 s past any
-            plausible reading of the segment (see tts.max_codec_tokens_for).
+            plausible reading of the segment (docs/MODEL.md#d-tts-cap).
         codec_batch_size: windows per codec call, padded with dummy windows (batch invariance); 1 on CPU.
         """
         if max_batch_size < 1 or codec_batch_size < 1:
