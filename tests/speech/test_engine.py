@@ -88,6 +88,9 @@ def test_pcm_is_int16_at_600_samples_per_token_and_end_drains(make_engine, tiny_
     stats = engine.stats()
     assert stats.open_streams == 0 and stats.decoding_segments == 0 and stats.streams_completed == 1
     assert stats.audio_samples == HOP * sum(d.codec_tokens for d in done)
+    # One loop step per AR step here (no step without a decoding segment), plus at most the final one
+    # that only completes the stream.
+    assert stats.ar_steps <= stats.loop.steps <= stats.ar_steps + 1 and stats.loop.step_errors == 0
 
 
 def test_length_cap_and_eos_end_segments(make_engine, tiny_models, tokenizer, event_log) -> None:
