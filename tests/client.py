@@ -1,17 +1,18 @@
-"""A scripted client of the public API for tests: every event is kept with its arrival time."""
+"""The tests' scripted client: a thin layer over the SDK that hands every event back as the raw protobuf
+message with its arrival time, so tests assert on wire fields. Streams do not reconnect here: a test
+sees a drop as the stream's end."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+import urllib.request
 from dataclasses import dataclass, field
 
-import grpc
 from prometheus_client.parser import text_string_to_metric_families
-import urllib.request
 
-from shared.grpc_server import channel_options
-from vita.assistant.v1 import assistant_pb2, assistant_pb2_grpc
+import sdk
+from vita.assistant.v1 import assistant_pb2
+
+ENCODINGS = {assistant_pb2.AUDIO_ENCODING_PCM16: "pcm16", assistant_pb2.AUDIO_ENCODING_F32: "f32"}
 
 
 @dataclass
@@ -51,12 +52,12 @@ class TurnEvents:
 
 class Client:
     def __init__(self, address: str, api_key: str | None = None):
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options(64 * 1024 * 1024))
-        self.stub = assistant_pb2_grpc.AssistantStub(self._channel)
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.sdk = sdk.AsyncClient(address, api_key=api_key)
+        self.stub = self.sdk.stub
+        self.metadata = self.sdk.metadata
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self.sdk.close()
 
     async def __aenter__(self) -> "Client":
         return self
@@ -65,49 +66,57 @@ class Client:
         await self.close()
 
     async def create_session(self, **config) -> str:
-        reply = await self.stub.CreateSession(
-            assistant_pb2.CreateSessionRequest(config=assistant_pb2.SessionConfig(**config)), metadata=self.metadata
-        )
-        return reply.session.session_id
+        vad = config.pop("vad", None)
+        settings = sdk.SessionConfig(**config, vad=sdk.VoiceActivity(**vad) if vad is not None else None)
+        return (await self.sdk.create_session(settings)).session_id
 
     async def get_session(self, session_id: str) -> assistant_pb2.Session:
-        reply = await self.stub.GetSession(assistant_pb2.GetSessionRequest(session_id=session_id), metadata=self.metadata)
-        return reply.session
+        """The session as the wire has it (tests compare repeated fields with lists)."""
+        request = assistant_pb2.GetSessionRequest(session_id=session_id)
+        return (await self.stub.GetSession(request, metadata=self.metadata)).session
 
-    def converse(self, session_id: str) -> "Conversation":
-        return Conversation(self, session_id)
+    def converse(self, session_id: str, *, audio_rate: int | None = None,
+                 encoding: int = assistant_pb2.AUDIO_ENCODING_PCM16) -> "Conversation":
+        audio = sdk.AudioFormat(audio_rate, ENCODINGS[encoding]) if audio_rate is not None else None
+        return Conversation(self.sdk.conversation(session_id, audio=audio, reconnect=None))
 
 
 class Conversation:
     """One Converse stream. `async with client.converse(sid) as conv:`; `await conv.turn("hi")`."""
 
-    def __init__(self, client: Client, session_id: str):
-        self._client = client
-        self.session_id = session_id
-        self.call = None
-        self.ready: assistant_pb2.Ready | None = None
+    def __init__(self, conversation: sdk.Conversation):
+        self.sdk = conversation
+        self.session_id = conversation.session_id
+        self.ready: sdk.Ready | None = None
 
-    async def __aenter__(self) -> "Conversation":
-        self.call = self._client.stub.Converse(metadata=self._client.metadata)
-        await self.call.write(assistant_pb2.ClientEvent(start=assistant_pb2.ConverseStart(session_id=self.session_id)))
-        first = await self.call.read()
-        self.ready = first.ready
+    @property
+    def call(self):
+        return self.sdk.call
+
+    async def open(self) -> "Conversation":
+        self.ready = await self.sdk.open()
         return self
 
+    async def close(self) -> None:
+        await self.sdk.close()
+
+    async def __aenter__(self) -> "Conversation":
+        return await self.open()
+
     async def __aexit__(self, *exc) -> None:
-        self.call.cancel()
+        await self.close()
 
     async def send(self, **event) -> None:
-        await self.call.write(assistant_pb2.ClientEvent(**event))
+        await self.sdk.send_event(assistant_pb2.ClientEvent(**event))
 
     async def read(self, timeout: float = 60.0) -> Received:
-        event = await asyncio.wait_for(self.call.read(), timeout)
-        if event is grpc.aio.EOF:
-            raise EOFError("the server ended the stream")
-        return Received(time.perf_counter(), event)
+        event = await self.sdk.next_event(timeout)
+        if isinstance(event, sdk.StreamEnded):
+            raise EOFError(f"the stream ended: {event.details}")
+        return Received(event.received_at, event.raw)
 
     async def collect_turn(self, timeout: float = 120.0) -> TurnEvents:
-        """Events until the turn completes or fails."""
+        """Events until a turn completes or fails."""
         turn = TurnEvents()
         while True:
             received = await self.read(timeout)
@@ -115,9 +124,19 @@ class Conversation:
             if received.kind in ("turn_completed", "error"):
                 return turn
 
-    async def turn(self, text: str, timeout: float = 120.0, **fields) -> TurnEvents:
-        await self.send(turn=assistant_pb2.UserTurn(text=text, **fields))
-        return await self.collect_turn(timeout)
+    async def turn(self, text: str, timeout: float = 120.0, media=(), **fields) -> TurnEvents:
+        """One typed turn through `ask`; an error event ends it like a completion."""
+        try:
+            result = await self.sdk.ask(text, media=[_sdk_media(m) for m in media], timeout=timeout, **fields)
+        except sdk.TurnFailed as failed:
+            result = failed.partial
+        return TurnEvents([Received(e.received_at, e.raw) for e in result.events if e.raw is not None])
+
+
+def _sdk_media(media: assistant_pb2.MediaInput) -> sdk.Media:
+    if media.WhichOneof("kind") == "video":
+        return sdk.Video(media.video)
+    return sdk.Image(media.image, media.max_tiles)
 
 
 def scrape(metrics_port: int) -> dict[tuple[str, tuple], float]:

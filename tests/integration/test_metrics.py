@@ -36,11 +36,7 @@ async def test_metrics_parse_and_move_with_a_turn(stack):
             # An image no other test sends: the orchestrator's embedding cache must not spare the encode.
             unique = encode_image(Image.new("RGB", (500, 400), (12, 34, 56)), "PNG")
             image_turn = await conv.turn("What is this?", media=[image_input(unique)])
-        conv = client.converse(session_id)
-        conv.call = client.stub.Converse(metadata=client.metadata)
-        await conv.call.write(assistant_pb2.ClientEvent(start=assistant_pb2.ConverseStart(
-            session_id=session_id, input_sample_rate_hz=rate, input_encoding=assistant_pb2.AUDIO_ENCODING_PCM16)))
-        await conv.call.read()
+        conv = await client.converse(session_id, audio_rate=rate).open()
         try:
             step = rate * 40 // 1000 * 2  # 40 ms chunks
             for offset in range(0, len(tone), step):

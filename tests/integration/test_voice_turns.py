@@ -40,12 +40,7 @@ async def stream_audio(conv, pcm: bytes, rate: int, pace: float = 0.0) -> None:
 
 
 async def open_voice(client: Client, session_id: str, rate: int, encoding=assistant_pb2.AUDIO_ENCODING_PCM16):
-    conv = client.converse(session_id)
-    conv.call = client.stub.Converse(metadata=client.metadata)
-    await conv.call.write(assistant_pb2.ClientEvent(start=assistant_pb2.ConverseStart(
-        session_id=session_id, input_sample_rate_hz=rate, input_encoding=encoding)))
-    conv.ready = (await conv.call.read()).ready
-    return conv
+    return await client.converse(session_id, audio_rate=rate, encoding=encoding).open()
 
 
 async def test_spoken_question_is_answered_with_speech(stack):

@@ -1,0 +1,26 @@
+"""The client channel: message limits and keepalive as the servers set them, and quick reconnects."""
+
+from __future__ import annotations
+
+import grpc
+
+from shared.grpc_server import channel_options
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    options = [
+        # The servers use the same options: keepalive pings keep idle voice streams open through proxies.
+        *channel_options(MAX_MESSAGE_BYTES),
+        # gRPC's default reconnect backoff grows to two minutes; a restarted orchestrator is back in seconds.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
