@@ -22,6 +22,7 @@ from shared.channels import open_channel
 from shared.grpc_server import MetricsInterceptor, channel_options
 from shared.settings import MiB, ServiceSettings
 from tests.client import Client
+from vita.assistant.v1 import assistant_pb2
 from vita.common.v1 import common_pb2
 from vita.llm.v1 import llm_pb2, llm_pb2_grpc
 
@@ -96,7 +97,7 @@ async def test_one_trace_per_turn_across_orchestrator_llm_and_speech(redis_url):
             session_id = await client.create_session(seed=3, max_reply_tokens=8)
             async with client.converse(session_id) as conv:
                 turns = [await conv.turn("Hello there, how are you?", turn_id=f"t{i}") for i in range(2)]
-        assert all(turn.completed and turn.completed.outcome == "completed" for turn in turns)
+        assert all(turn.completed and turn.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED for turn in turns)
         assert all(turn.of("audio") for turn in turns)
 
         def turn_spans(spans):

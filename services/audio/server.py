@@ -63,7 +63,7 @@ from services.audio.stream import (
     UtteranceReady,
     samples_to_ms,
 )
-from services.audio.vad import VadConfig, VadConfigError
+from services.audio.vad import VadConfig
 from services.audio.weights import load_audio_encoder
 from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
@@ -85,7 +85,6 @@ _ENCODINGS = {
     audio_pb2.SAMPLE_ENCODING_F32: PcmEncoding.F32,
 }
 _ENCODING_HINT = "use SAMPLE_ENCODING_PCM16 (signed 16-bit little-endian) or SAMPLE_ENCODING_F32 (float32 in [-1, 1])"
-_VAD_FIELDS = ("start_threshold", "end_threshold", "min_silence_ms", "pre_roll_ms", "min_utterance_ms", "max_utterance_ms")
 
 
 class _Rejected(Exception):
@@ -240,7 +239,6 @@ class AudioServicer(audio_pb2_grpc.AudioServicer, LoadingGate):
         self._engine = engine
         self._features = features
         self._settings = settings
-        self._vad_defaults = settings.vad_defaults()
         self._hidden_size = hidden_size
         self._weights = weights
         self._streams: dict[str, AudioStream] = {}
@@ -335,18 +333,16 @@ class AudioServicer(audio_pb2_grpc.AudioServicer, LoadingGate):
         return self._engine.new_stream(config, rate, encoding, vad_enabled=start.vad.enabled)
 
     def _vad_config(self, vad: audio_pb2.VadConfig) -> VadConfig:
-        defaults = self._vad_defaults
-        # A zero field takes the server default; float32 fields are rounded back to what the client wrote.
+        """The stream's VAD settings, validated by the shared session settings (VadConfigError names the
+        field). An unset field takes the shared default; an unset max_utterance_ms at most this server's
+        limit. float32 fields are rounded back to what the client wrote."""
         chosen = {
-            name: (round(value, 6) if isinstance(value, float) else value) or getattr(defaults, name)
-            for name in _VAD_FIELDS
-            for value in (getattr(vad, name),)
+            field.name: round(value, 6) if isinstance(value, float) else value for field, value in vad.ListFields()
         }
-        try:
-            config = VadConfig.with_overrides(**chosen)
-        except VadConfigError as error:
-            raise _Rejected(f"vad.{error}") from None
+        chosen["enabled"] = vad.enabled
         limit = self._settings.max_utterance_limit_ms
+        chosen.setdefault("max_utterance_ms", min(VadConfig.model_fields["max_utterance_ms"].default, limit))
+        config = VadConfig(**chosen)
         if config.max_utterance_ms > limit:
             raise _Rejected(f"vad.max_utterance_ms {config.max_utterance_ms} exceeds this server's limit of {limit} ms")
         return config
@@ -412,7 +408,10 @@ class AudioServicer(audio_pb2_grpc.AudioServicer, LoadingGate):
             return audio_pb2.AudioOutput(speech_stopped=audio_pb2.SpeechStopped(offset_ms=round(event.offset_ms)))
         if isinstance(event, UtteranceDropped):
             return audio_pb2.AudioOutput(
-                dropped=audio_pb2.UtteranceDropped(reason=event.reason.value, duration_ms=round(event.duration_ms))
+                dropped=audio_pb2.UtteranceDropped(
+                    reason=audio_pb2.DropReason.Value(f"DROP_REASON_{event.reason.name}"),
+                    duration_ms=round(event.duration_ms),
+                )
             )
         raise TypeError(f"unexpected stream event {type(event).__name__}")
 

@@ -26,7 +26,6 @@ Duration rules (min_utterance_ms drops) are applied by the stream, which owns th
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import importlib.util
 import threading
@@ -37,7 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pydantic import ValidationError, field_validator
+
 from services.audio.features import MODEL_SAMPLE_RATE_HZ, AudioInputError
+from shared.session_settings import VadSettings, describe
 
 VAD_WINDOW_SAMPLES = 512  # the only window the v5+ network accepts at 16 kHz
 _SILERO_CONTEXT_SAMPLES = 64  # the wrapper prepends the previous window's last 64 samples
@@ -49,43 +51,24 @@ class VadConfigError(AudioInputError):
     """VAD settings that cannot work; the message names the field."""
 
 
-@dataclass(frozen=True)
-class VadConfig:
-    start_threshold: float = 0.7
-    end_threshold: float = 0.55
-    min_silence_ms: int = 500
-    pre_roll_ms: int = 256
-    min_utterance_ms: int = 1000
-    max_utterance_ms: int = 30000
+class VadConfig(VadSettings):
+    """A stream's VAD settings: the session settings (defaults and bounds written once, in
+    shared/session_settings.py) and the detector's window."""
+
     window_samples: int = VAD_WINDOW_SAMPLES
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.start_threshold <= 1.0:
-            raise VadConfigError(f"start_threshold must be in (0, 1], got {self.start_threshold}")
-        if not 0.0 < self.end_threshold <= self.start_threshold:
-            raise VadConfigError(
-                f"end_threshold must be in (0, start_threshold={self.start_threshold}], got {self.end_threshold}"
-            )
-        for name in ("min_silence_ms", "pre_roll_ms", "min_utterance_ms"):
-            if getattr(self, name) < 0:
-                raise VadConfigError(f"{name} must be ≥ 0 ms, got {getattr(self, name)}")
-        if self.min_silence_ms == 0:
-            raise VadConfigError("min_silence_ms must be > 0 ms")
-        if self.max_utterance_ms <= self.min_utterance_ms:
-            raise VadConfigError(
-                f"max_utterance_ms ({self.max_utterance_ms}) must exceed min_utterance_ms ({self.min_utterance_ms})"
-            )
-        if self.window_samples != VAD_WINDOW_SAMPLES:
-            raise VadConfigError(f"window_samples must be {VAD_WINDOW_SAMPLES} at 16 kHz, got {self.window_samples}")
+    def __init__(self, **fields) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as error:
+            raise VadConfigError(describe(error, "vad")) from None
 
+    @field_validator("window_samples")
     @classmethod
-    def with_overrides(cls, **fields: float | int | None) -> VadConfig:
-        """Defaults replaced by every field that is set; None or 0 keeps the default (proto convention)."""
-        chosen = {name: value for name, value in fields.items() if value}
-        unknown = set(chosen) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise VadConfigError(f"unknown VAD settings: {sorted(unknown)}")
-        return cls(**chosen)
+    def _window(cls, value: int) -> int:
+        if value != VAD_WINDOW_SAMPLES:
+            raise ValueError(f"must be {VAD_WINDOW_SAMPLES} at 16 kHz")
+        return value
 
     @staticmethod
     def ms_to_samples(ms: int) -> int:

@@ -205,7 +205,7 @@ class LLMServicer(llm_pb2_grpc.LLMServicer, LoadingGate):
     @staticmethod
     def _done(event: FinishedEvent) -> llm_pb2.GenerateDone:
         return llm_pb2.GenerateDone(
-            finish_reason=event.reason,
+            finish_reason=llm_pb2.FinishReason.Value(f"FINISH_REASON_{event.reason.upper()}"),
             prompt_tokens=event.prompt_tokens,
             cached_tokens=event.cached_tokens,
             prefilled_tokens=event.prefilled_tokens,

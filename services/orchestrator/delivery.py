@@ -1,5 +1,6 @@
-"""What reached the client. History keeps only what was delivered (DESIGN rule 2), and the user-facing
-latencies are measured when events are handed to the transport, not when they were produced."""
+"""What reached the client. A cancelled turn's history is cut from what was delivered (to what was played
+of it), and the user-facing latencies are measured when events are handed to the transport, not when
+they were produced."""
 
 from __future__ import annotations
 
@@ -20,22 +21,34 @@ class TurnDelivery:
     input_end_ns: int  # perf_counter_ns when the user's input ended
     speech_end_ns: int | None = None  # end of speech by VAD (spoken turns)
     dropped: bool = False  # set on cancel/barge-in: queued reply events are discarded, not sent
-    text: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
+    # Text deltas sent, each with the token ids it came with (a lone state symbol has no text).
+    deltas: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     audio_samples: int = 0
+    audio_ms: float = 0.0  # real-time duration of the audio sent
     first_text_ns: int | None = None
     first_audio_ns: int | None = None
     _playback_end_ns: int = 0  # when the client would run out of audio, playing it as it arrives
     _last_audio_ns: int = 0
 
     def delivered_text(self) -> str:
-        return "".join(self.text)
+        return "".join(text for text, _ in self.deltas)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [token for _, ids in self.deltas for token in ids]
+
+    def played_ms_at(self, now_ns: int) -> float:
+        """Audio a client playing it as it arrives had played by `now_ns`: what was sent, less what was
+        still ahead of the playhead then. Without stalls that is min(sent, time since the first chunk)."""
+        if self.first_audio_ns is None:
+            return 0.0
+        ahead_ms = max(0, self._playback_end_ns - now_ns) / 1e6
+        return max(0.0, self.audio_ms - ahead_ms)
 
     def on_text(self, text: str, token_ids: tuple[int, ...]) -> None:
-        self.token_ids.extend(token_ids)
+        self.deltas.append((text, tuple(token_ids)))
         if not text:
             return
-        self.text.append(text)
         if self.first_text_ns is None:
             self.first_text_ns = time.perf_counter_ns()
             metrics.TTFT_SECONDS.labels(self.input_kind).observe((self.first_text_ns - self.input_end_ns) / 1e9)
@@ -57,6 +70,7 @@ class TurnDelivery:
         self._last_audio_ns = now
         self._playback_end_ns = max(self._playback_end_ns, now) + int(num_samples * 1e9 / sample_rate_hz)
         self.audio_samples += num_samples
+        self.audio_ms += num_samples * 1000 / sample_rate_hz
 
     def timings_ms(self) -> tuple[float, float, float]:
         """(ttft, ttfa, eos_to_audio) in ms; 0 where the event did not happen."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from contextlib import contextmanager
 from typing import AsyncIterator
 
@@ -49,6 +50,12 @@ def call_context(ids: CallIds) -> common_pb2.CallContext:
     if ids.seed is not None:
         ctx.seed = ids.seed
     return ctx
+
+
+def reason_name(enum_type, value: int) -> str:
+    """A reason enum as the lowercase word the backends use: FinishReason STOP → "stop"."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.DESCRIPTOR.name).upper() + "_"
+    return enum_type.Name(value).removeprefix(prefix).lower()
 
 
 def stage_times(timings) -> tuple[StageTime, ...]:
@@ -128,7 +135,7 @@ class GrpcLLM:
                     else:
                         done = response.done
                         yield LLMDone(
-                            finish_reason=done.finish_reason,
+                            finish_reason=reason_name(llm_pb2.FinishReason, done.finish_reason),
                             prompt_tokens=done.prompt_tokens,
                             cached_tokens=done.cached_tokens,
                             prefilled_tokens=done.prefilled_tokens,
@@ -175,10 +182,11 @@ class GrpcSpeechStream:
                 elif kind == "segment_done":
                     done = response.segment_done
                     yield SpeechSegmentDone(
-                        done.segment_index, done.codec_tokens, done.finish_reason, stage_times(done.timings)
+                        done.segment_index, done.codec_tokens,
+                        reason_name(speech_pb2.SegmentFinishReason, done.finish_reason), stage_times(done.timings),
                     )
                 elif kind == "done":
-                    yield SpeechDone(response.done.reason)
+                    yield SpeechDone(reason_name(speech_pb2.SynthesisEndReason, response.done.reason))
 
 
 class GrpcSpeech:
@@ -279,7 +287,7 @@ class GrpcVoiceStream:
                     clip = EncodedMedia("audio", embedding_rows("audio", u.embeddings), stage_times(u.timings))
                     yield VoiceUtterance(u.index, clip, u.pcm16k, u.duration_ms, u.eos_to_ready_ns)
                 elif kind == "dropped":
-                    yield VoiceDropped(response.dropped.reason, response.dropped.duration_ms)
+                    yield VoiceDropped(reason_name(audio_pb2.DropReason, response.dropped.reason), response.dropped.duration_ms)
 
 
 class GrpcAudio:

@@ -1,5 +1,6 @@
 """One reply: LLM tokens stream to the client and, cut into segments, to the speech service while the
-LLM is still generating; PCM comes back chunk by chunk (DESIGN rule 1). No gRPC here: the backends are
+LLM is still generating; PCM comes back chunk by chunk, so that first audio never waits for the whole
+reply. No gRPC here: the backends are
 injected, so the same pipeline runs distributed and in one process."""
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ class ReplySink(Protocol):
 
 
 @dataclass
+class SpokenSegment:
+    """A segment of the reply sent to speech, and the audio it has produced so far."""
+
+    text: str
+    audio_ms: float = 0.0
+    done: bool = False  # all its audio was produced
+
+
+@dataclass
 class ReplyResult:
     """Everything produced so far; on cancellation, `run` leaves a partial result behind."""
 
@@ -68,6 +78,7 @@ class ReplyResult:
     codec_tokens: int = 0
     audio_samples: int = 0
     segments: int = 0
+    spoken: list[SpokenSegment] = field(default_factory=list)  # by segment index
     stages: list[StageTime] = field(default_factory=list)
     first_text_ns: int | None = None  # perf_counter_ns
     first_audio_ns: int | None = None
@@ -158,6 +169,7 @@ class _ReplyRun:
             if self._speech is None:
                 self._speech = await self._speech_open
                 self._audio_pump = asyncio.create_task(self._pump_audio())
+            self._result.spoken.append(SpokenSegment(segment))
             await self._speech.push(self._result.segments, segment)
             self._result.segments += 1
 
@@ -192,7 +204,9 @@ class _ReplyRun:
                 if result.first_audio_ns is None:
                     result.first_audio_ns = time.perf_counter_ns()
                 result.audio_samples += len(event.pcm) // 2
+                result.spoken[event.segment_index].audio_ms += len(event.pcm) // 2 * 1000 / event.sample_rate_hz
                 await self._sink.audio(event.pcm, event.sample_rate_hz, event.segment_index)
             elif isinstance(event, SpeechSegmentDone):
                 result.codec_tokens += event.codec_tokens
+                result.spoken[event.segment_index].done = True
                 result.stages.extend(event.timings)

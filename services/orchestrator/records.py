@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import enum
 
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-class VadSettings(BaseModel):
-    enabled: bool = True
-    start_threshold: float = 0.7
-    end_threshold: float = 0.55
-    min_silence_ms: int = 500
-    pre_roll_ms: int = 256
-    min_utterance_ms: int = 1000
-    max_utterance_ms: int = 30_000
+from shared.session_settings import SessionSettings, VadSettings
 
-
-class SessionSettings(BaseModel):
-    """A session's configuration with every default filled in."""
-
-    max_reply_tokens: int = 256
-    speech_output: bool = True
-    temperature: float = 0.0
-    seed: int | None = None
-    max_image_tiles: int = 1
-    vad: VadSettings = Field(default_factory=VadSettings)
-    max_history_turns: int = 8
+__all__ = ["MediaRef", "SessionRecord", "SessionSettings", "TurnOutcome", "TurnRecord", "VadSettings"]
 
 
 class SessionRecord(BaseModel):
@@ -32,6 +16,19 @@ class SessionRecord(BaseModel):
     tenant: str
     created_unix_ms: int
     config: SessionSettings
+
+    @field_validator("config", mode="wrap")
+    @classmethod
+    def _stored_vad_may_predate_validation(cls, value, handler):
+        # Sessions created while CreateSession checked VAD values more loosely than the audio service
+        # may hold values refused now (they never worked: the audio service refused or replaced them).
+        # They take the defaults rather than make the session unreadable.
+        try:
+            return handler(value)
+        except ValidationError:
+            if not isinstance(value, dict) or not isinstance(value.get("vad"), dict):
+                raise
+            return handler({**value, "vad": {"enabled": value["vad"].get("enabled", True)}})
 
 
 class MediaRef(BaseModel):
@@ -45,13 +42,24 @@ class MediaRef(BaseModel):
     source: str = ""  # how to re-encode: "image" | "video" | "frames" (camera) | "audio"
 
 
+class TurnOutcome(str, enum.Enum):
+    """How a turn ended. Stored as these words, as records always were (the API sends an enum)."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"  # the client cancelled, or left
+    BARGED_IN = "barged_in"
+    SUPPRESSED = "suppressed"  # not addressed to the model (☟): text only
+    FAILED = "failed"
+
+
 class TurnRecord(BaseModel):
     turn_id: str
     started_unix_ms: int
     user_text: str = ""
     media: list[MediaRef] = Field(default_factory=list)
-    # Reply as delivered to the client: its text, and the model's token ids (state symbol first) so that
-    # the next prompt reproduces the LLM's cached prefix exactly instead of re-tokenising text.
+    # The reply as the user received it (all of it, or what was played of a cancelled one), and the
+    # model's token ids of that text (state symbol first) so that the next prompt reproduces the LLM's
+    # cached prefix exactly instead of re-tokenising text.
     reply_text: str = ""
     reply_token_ids: list[int] = Field(default_factory=list)
-    outcome: str = "completed"  # completed | cancelled | barged_in | suppressed | failed
+    outcome: TurnOutcome = TurnOutcome.COMPLETED

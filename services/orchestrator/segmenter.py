@@ -12,7 +12,7 @@ from shared.tokenizer import STATE_SYMBOLS
 BREAK_CHARS = frozenset(",，.。?？!！、\n")
 
 
-def _is_cjk(char: str) -> bool:
+def is_cjk(char: str) -> bool:
     code = ord(char)
     return (
         0x3040 <= code <= 0x30FF  # kana
@@ -58,7 +58,7 @@ class Segmenter:
         limit = self._first_max_chars if first else self._max_chars
         # Past the limit, cut at a word boundary: a space, or after any CJK character (those scripts
         # write no spaces, and each character is a word-like unit); otherwise 20 characters later.
-        return length >= limit and (char.isspace() or _is_cjk(char) or length >= limit + 20)
+        return length >= limit and (char.isspace() or is_cjk(char) or length >= limit + 20)
 
     def _take(self) -> str:
         text = "".join(self._buffer).strip()

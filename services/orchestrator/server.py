@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import grpc
+from pydantic import ValidationError
 
 from services.orchestrator import metrics
 from services.orchestrator.auth import ApiKeys
@@ -14,57 +15,43 @@ from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.conversation import CLOSE, Conversation, ConversationDeps
 from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
 from services.orchestrator.media import MediaLibrary
+from services.orchestrator.outbox import outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
-from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord, VadSettings
+from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
 from services.orchestrator.sessions import SessionNotFound, SessionStore
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
+from shared.session_settings import describe
 from shared.settings import ServiceSettings
 from shared.tokenizer import QwenTokenizer
 from vita.assistant.v1 import assistant_pb2, assistant_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_TILES = 12
-
 
 class InvalidConfig(ValueError):
     pass
 
 
+def _set_fields(message) -> dict:
+    """The fields a client set; float32 values rounded back to what the client wrote (0.7, not 0.699999988)."""
+    return {
+        field.name: round(value, 6) if isinstance(value, float) else value
+        for field, value in message.ListFields()
+        if not field.message_type
+    }
+
+
 def settings_from_proto(config: assistant_pb2.SessionConfig, limits: OrchestratorSettings) -> SessionSettings:
-    """Fills defaults and validates what a client asked for."""
-    settings = SessionSettings()
-    if config.HasField("max_reply_tokens"):
-        if not 0 < config.max_reply_tokens <= limits.max_reply_tokens_limit:
-            raise InvalidConfig(f"max_reply_tokens must be between 1 and {limits.max_reply_tokens_limit}")
-        settings.max_reply_tokens = config.max_reply_tokens
-    if config.HasField("speech_output"):
-        settings.speech_output = config.speech_output
-    if config.HasField("temperature"):
-        if not 0.0 <= config.temperature <= 2.0:
-            raise InvalidConfig("temperature must be between 0 and 2")
-        settings.temperature = config.temperature
-    if config.HasField("seed"):
-        settings.seed = config.seed
-    if config.HasField("max_image_tiles"):
-        if not 1 <= config.max_image_tiles <= MAX_IMAGE_TILES:
-            raise InvalidConfig(f"max_image_tiles must be between 1 and {MAX_IMAGE_TILES}")
-        settings.max_image_tiles = config.max_image_tiles
-    if config.HasField("max_history_turns"):
-        if config.max_history_turns < 0:
-            raise InvalidConfig("max_history_turns must be >= 0")
-        settings.max_history_turns = config.max_history_turns
-    vad = VadSettings()
-    for name in VadSettings.model_fields:
-        if config.vad.HasField(name):
-            setattr(vad, name, getattr(config.vad, name))
-    if not 0.0 < vad.end_threshold <= vad.start_threshold < 1.0:
-        raise InvalidConfig("VAD thresholds must satisfy 0 < end_threshold <= start_threshold < 1")
-    if vad.min_silence_ms < 0 or vad.pre_roll_ms < 0 or vad.min_utterance_ms < 0 or vad.max_utterance_ms <= 0:
-        raise InvalidConfig("VAD durations must be >= 0 (max_utterance_ms > 0)")
-    settings.vad = vad
+    """Fills defaults and validates what a client asked for: the shared settings model decides both, the
+    same one the audio service applies to the VAD values it receives."""
+    try:
+        settings = SessionSettings(**_set_fields(config), vad=_set_fields(config.vad))
+    except ValidationError as error:
+        raise InvalidConfig(describe(error)) from None
+    if settings.max_reply_tokens > limits.max_reply_tokens_limit:
+        raise InvalidConfig(f"max_reply_tokens must be between 1 and {limits.max_reply_tokens_limit}")
     return settings
 
 
@@ -93,7 +80,7 @@ def session_to_proto(record: SessionRecord, history: list[TurnRecord], running_t
                 turn_id=turn.turn_id,
                 user_text=turn.user_text,
                 reply_text=turn.reply_text,
-                outcome=turn.outcome,
+                outcome=outcome_to_proto(turn.outcome),
                 media=[ref.kind for ref in turn.media],
                 started_unix_ms=turn.started_unix_ms,
             )
@@ -196,6 +183,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
                     conversation.add_camera_frame(event.camera_frame)
                 elif kind == "cancel":
                     conversation.cancel_turn(event.cancel.turn_id)
+                elif kind == "playback":
+                    conversation.report_playback(event.playback)
                 elif kind == "start":
                     conversation.send_error("", "INVALID_ARGUMENT", "`start` may only be the first event")
                 else:

@@ -103,14 +103,17 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
                         segment_done=speech_pb2.SegmentDone(
                             segment_index=event.segment_index,
                             codec_tokens=event.codec_tokens,
-                            finish_reason=event.finish_reason,
+                            finish_reason=speech_pb2.SegmentFinishReason.Value(
+                                f"SEGMENT_FINISH_REASON_{event.finish_reason.upper()}"
+                            ),
                             text_tokens=event.text_tokens,
                             timings=_timings(event),
                         )
                     )
                 elif isinstance(event, StreamDoneEvent):
                     outcome = event.reason
-                    yield speech_pb2.SynthesizeResponse(done=speech_pb2.SynthesisDone(reason=event.reason))
+                    reason = speech_pb2.SynthesisEndReason.Value(f"SYNTHESIS_END_REASON_{event.reason.upper()}")
+                    yield speech_pb2.SynthesizeResponse(done=speech_pb2.SynthesisDone(reason=reason))
                     return
                 elif isinstance(event, StreamFailedEvent):
                     outcome = "failed"

@@ -39,7 +39,7 @@ def test_default_config_is_the_reference_one():
     assert (config.min_silence_ms, config.pre_roll_ms) == (500, 256)
     assert (config.min_utterance_ms, config.max_utterance_ms) == (1000, 30000)
     assert config.window_samples == VAD_WINDOW_SAMPLES == 512
-    assert VadConfig.with_overrides(start_threshold=0, min_silence_ms=None, pre_roll_ms=128).pre_roll_ms == 128
+    assert VadConfig(pre_roll_ms=0).pre_roll_ms == 0  # a value given is kept, zero included
 
 
 @pytest.mark.parametrize(

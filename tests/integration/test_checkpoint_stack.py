@@ -7,6 +7,7 @@ from apps.checkpoint.synth import synthesize
 from apps.launcher import Stack, StackConfig
 from shared.presets import TINY
 from tests.client import Client
+from vita.assistant.v1 import assistant_pb2
 
 SAMPLES_PER_CODEC_TOKEN = 600
 
@@ -22,7 +23,7 @@ async def test_one_turn_served_from_a_checkpoint_directory(tmp_path):
                 turn = await conv.turn("Hello! Who are you?", max_reply_tokens=16)
     assert not turn.errors
     completed = turn.completed
-    assert completed.outcome == "completed" and completed.reply_tokens > 0
+    assert completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED and completed.reply_tokens > 0
     assert turn.text == completed.reply_text
     assert completed.codec_tokens > 0
     assert len(turn.pcm) // 2 == SAMPLES_PER_CODEC_TOKEN * completed.codec_tokens == completed.audio_samples

@@ -33,7 +33,7 @@ async def test_image_question_gets_streaming_text_and_speech(stack):
             one_tile = await conv.turn("What is in this picture?", media=[image_input(photo())])
             tiled = await conv.turn("And now in more detail?", media=[image_input(photo(1400, 700), max_tiles=6)])
         session = await client.get_session(session_id)
-    assert one_tile.completed.outcome == "completed" and one_tile.pcm and one_tile.text
+    assert one_tile.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED and one_tile.pcm and one_tile.text
     first_prompt = one_tile.of("turn_started")[0].event.turn_started.prompt_tokens
     assert first_prompt > TOKENS_PER_TILE
     # 1400×700 with up to 6 tiles → a 2×1 grid (aspect 2) + thumbnail = 3 tiles; the first image stays cached.
@@ -49,7 +49,7 @@ async def test_video_question(stack):
         session_id = await client.create_session(max_reply_tokens=8)
         async with client.converse(session_id) as conv:
             turn = await conv.turn("What happens in the video?", media=[assistant_pb2.MediaInput(video=clip)])
-    assert turn.completed.outcome == "completed"
+    assert turn.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
     # Under 4 s: 4 frames of one tile each.
     assert turn.of("turn_started")[0].event.turn_started.prompt_tokens > 4 * TOKENS_PER_TILE
 
@@ -63,7 +63,7 @@ async def test_live_camera_frames_become_the_turns_video(stack):
                 await conv.send(camera_frame=assistant_pb2.CameraFrame(timestamp_ms=index * 500, jpeg=frame))
             turn = await conv.turn("What do you see?")
         session = await client.get_session(session_id)
-    assert turn.completed.outcome == "completed"
+    assert turn.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
     assert list(session.history[-1].media) == ["video"]
 
 
@@ -77,7 +77,7 @@ async def test_cold_llm_cache_is_restored_from_stored_media(stack):
                 await llm_pb2_grpc.LLMStub(channel).ReleaseSession(
                     llm_pb2.ReleaseSessionRequest(ctx=common_pb2.CallContext(session_id=session_id)))
             again = await conv.turn("What was it?")
-    assert again.completed.outcome == "completed"
+    assert again.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
     assert again.completed.cached_prompt_tokens == 0
     assert again.completed.prefilled_prompt_tokens > TOKENS_PER_TILE
 
@@ -104,6 +104,6 @@ async def test_bad_media_get_invalid_argument_and_leave_the_session_unchanged(st
             too_many = await conv.turn("many", media=[image_input(good)] * 5)
             assert too_many.errors[0].code == INVALID_ARGUMENT and "limit is 4" in too_many.errors[0].message
             fine = await conv.turn("ok", media=[image_input(good)])
-            assert fine.completed.outcome == "completed"
+            assert fine.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
         session = await client.get_session(session_id)
     assert [t.user_text for t in session.history] == ["ok"]

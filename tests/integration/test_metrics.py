@@ -45,7 +45,7 @@ async def test_metrics_parse_and_move_with_a_turn(stack):
             spoken_turn = await conv.collect_turn()
         finally:
             conv.call.cancel()
-    assert image_turn.completed.outcome == "completed" and spoken_turn.completed is not None
+    assert image_turn.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED and spoken_turn.completed is not None
 
     after = scrape_all(stack)
     grew = lambda service, name: total(after[service], name) > total(before[service], name)  # noqa: E731

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.client import Client, scrape
+from vita.assistant.v1 import assistant_pb2
 
 TURNS_PER_PHASE = 4
 
@@ -22,7 +23,7 @@ async def run_turns(address: str, count: int) -> None:
             for index in range(count):
                 turn = await conv.turn(f"Say something, number {index}.")
                 assert not turn.errors, [e.message for e in turn.errors]
-                assert turn.completed.outcome == "completed" and turn.of("audio")
+                assert turn.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED and turn.of("audio")
 
 
 async def test_two_speech_replicas_share_turns_and_survive_one_dying(stack):

@@ -7,14 +7,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TurnOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TURN_OUTCOME_UNSPECIFIED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_COMPLETED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_CANCELLED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_BARGED_IN: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_SUPPRESSED: _ClassVar[TurnOutcome]
+    TURN_OUTCOME_FAILED: _ClassVar[TurnOutcome]
+
 class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_PCM16: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_F32: _ClassVar[AudioEncoding]
+
+class FlushReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLUSH_REASON_UNSPECIFIED: _ClassVar[FlushReason]
+    FLUSH_REASON_BARGE_IN: _ClassVar[FlushReason]
+    FLUSH_REASON_CANCEL: _ClassVar[FlushReason]
+TURN_OUTCOME_UNSPECIFIED: TurnOutcome
+TURN_OUTCOME_COMPLETED: TurnOutcome
+TURN_OUTCOME_CANCELLED: TurnOutcome
+TURN_OUTCOME_BARGED_IN: TurnOutcome
+TURN_OUTCOME_SUPPRESSED: TurnOutcome
+TURN_OUTCOME_FAILED: TurnOutcome
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_PCM16: AudioEncoding
 AUDIO_ENCODING_F32: AudioEncoding
+FLUSH_REASON_UNSPECIFIED: FlushReason
+FLUSH_REASON_BARGE_IN: FlushReason
+FLUSH_REASON_CANCEL: FlushReason
 
 class VoiceActivityConfig(_message.Message):
     __slots__ = ("enabled", "start_threshold", "end_threshold", "min_silence_ms", "pre_roll_ms", "min_utterance_ms", "max_utterance_ms")
@@ -63,10 +87,10 @@ class HistoryTurn(_message.Message):
     turn_id: str
     user_text: str
     reply_text: str
-    outcome: str
+    outcome: TurnOutcome
     media: _containers.RepeatedScalarFieldContainer[str]
     started_unix_ms: int
-    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., outcome: _Optional[str] = ..., media: _Optional[_Iterable[str]] = ..., started_unix_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, turn_id: _Optional[str] = ..., user_text: _Optional[str] = ..., reply_text: _Optional[str] = ..., outcome: _Optional[_Union[TurnOutcome, str]] = ..., media: _Optional[_Iterable[str]] = ..., started_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "config", "history", "created_unix_ms", "running_turn_id")
@@ -255,8 +279,8 @@ class ReplySuppressed(_message.Message):
 class PlaybackFlush(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
-    reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    reason: FlushReason
+    def __init__(self, reason: _Optional[_Union[FlushReason, str]] = ...) -> None: ...
 
 class StageTime(_message.Message):
     __slots__ = ("stage", "queue_ms", "compute_ms")
@@ -292,7 +316,7 @@ class TurnCompleted(_message.Message):
     REPLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    outcome: str
+    outcome: TurnOutcome
     timings: TurnTimings
     reply_text: str
     audio_samples: int
@@ -300,7 +324,7 @@ class TurnCompleted(_message.Message):
     reply_tokens: int
     cached_prompt_tokens: int
     prefilled_prompt_tokens: int
-    def __init__(self, outcome: _Optional[str] = ..., timings: _Optional[_Union[TurnTimings, _Mapping]] = ..., reply_text: _Optional[str] = ..., audio_samples: _Optional[int] = ..., codec_tokens: _Optional[int] = ..., reply_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., prefilled_prompt_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, outcome: _Optional[_Union[TurnOutcome, str]] = ..., timings: _Optional[_Union[TurnTimings, _Mapping]] = ..., reply_text: _Optional[str] = ..., audio_samples: _Optional[int] = ..., codec_tokens: _Optional[int] = ..., reply_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., prefilled_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")

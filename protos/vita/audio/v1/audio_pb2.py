@@ -25,45 +25,47 @@ _sym_db = _symbol_database.Default()
 from vita.common.v1 import common_pb2 as vita_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vita/audio/v1/audio.proto\x12\rvita.audio.v1\x1a\x1bvita/common/v1/common.proto\"\xad\x01\n\tVadConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fstart_threshold\x18\x02 \x01(\x02\x12\x15\n\rend_threshold\x18\x03 \x01(\x02\x12\x16\n\x0emin_silence_ms\x18\x04 \x01(\x05\x12\x13\n\x0bpre_roll_ms\x18\x05 \x01(\x05\x12\x18\n\x10min_utterance_ms\x18\x06 \x01(\x05\x12\x18\n\x10max_utterance_ms\x18\x07 \x01(\x05\"V\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12/\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1d.vita.audio.v1.SampleEncoding\"\x8a\x01\n\x0bStreamStart\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12*\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x1a.vita.audio.v1.AudioFormat\x12%\n\x03vad\x18\x03 \x01(\x0b\x32\x18.vita.audio.v1.VadConfig\"\x18\n\x08PcmChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x08\n\x06\x43ommit\"\x93\x01\n\nAudioInput\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.vita.audio.v1.StreamStartH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.vita.audio.v1.PcmChunkH\x00\x12\'\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x15.vita.audio.v1.CommitH\x00\x42\x05\n\x03msg\"\"\n\rSpeechStarted\x12\x11\n\toffset_ms\x18\x01 \x01(\x03\"\"\n\rSpeechStopped\x12\x11\n\toffset_ms\x18\x01 \x01(\x03\"\xb2\x01\n\tUtterance\x12\r\n\x05index\x18\x01 \x01(\x05\x12*\n\nembeddings\x18\x02 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x0e\n\x06pcm16k\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x17\n\x0f\x65os_to_ready_ns\x18\x05 \x01(\x03\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\"7\n\x10UtteranceDropped\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x03\"\xe9\x01\n\x0b\x41udioOutput\x12\x36\n\x0espeech_started\x18\x01 \x01(\x0b\x32\x1c.vita.audio.v1.SpeechStartedH\x00\x12\x36\n\x0espeech_stopped\x18\x02 \x01(\x0b\x32\x1c.vita.audio.v1.SpeechStoppedH\x00\x12-\n\tutterance\x18\x03 \x01(\x0b\x32\x18.vita.audio.v1.UtteranceH\x00\x12\x32\n\x07\x64ropped\x18\x04 \x01(\x0b\x32\x1f.vita.audio.v1.UtteranceDroppedH\x00\x42\x07\n\x05\x65vent\"\x91\x01\n\x11\x45ncodeClipRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12\r\n\x03pcm\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x04\x66ile\x18\x03 \x01(\x0cH\x00\x12*\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x1a.vita.audio.v1.AudioFormatB\x07\n\x05\x61udio\"\x93\x01\n\x12\x45ncodeClipResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x03\x12\x0e\n\x06pcm16k\x18\x03 \x01(\x0c\x12,\n\x07timings\x18\x04 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\"\x11\n\x0f\x44\x65scribeRequest\"p\n\x10\x44\x65scribeResponse\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x02\x12,\n\x07weights\x18\x03 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo*e\n\x0eSampleEncoding\x12\x1f\n\x1bSAMPLE_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15SAMPLE_ENCODING_PCM16\x10\x01\x12\x17\n\x13SAMPLE_ENCODING_F32\x10\x02\x32\xf1\x01\n\x05\x41udio\x12H\n\x0bStreamAudio\x12\x19.vita.audio.v1.AudioInput\x1a\x1a.vita.audio.v1.AudioOutput(\x01\x30\x01\x12Q\n\nEncodeClip\x12 .vita.audio.v1.EncodeClipRequest\x1a!.vita.audio.v1.EncodeClipResponse\x12K\n\x08\x44\x65scribe\x12\x1e.vita.audio.v1.DescribeRequest\x1a\x1f.vita.audio.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vita/audio/v1/audio.proto\x12\rvita.audio.v1\x1a\x1bvita/common/v1/common.proto\"\xbe\x02\n\tVadConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1c\n\x0fstart_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\rend_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bpre_roll_ms\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x1d\n\x10min_utterance_ms\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\x1d\n\x10max_utterance_ms\x18\x07 \x01(\x05H\x05\x88\x01\x01\x42\x12\n\x10_start_thresholdB\x10\n\x0e_end_thresholdB\x11\n\x0f_min_silence_msB\x0e\n\x0c_pre_roll_msB\x13\n\x11_min_utterance_msB\x13\n\x11_max_utterance_ms\"V\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12/\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1d.vita.audio.v1.SampleEncoding\"\x8a\x01\n\x0bStreamStart\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12*\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x1a.vita.audio.v1.AudioFormat\x12%\n\x03vad\x18\x03 \x01(\x0b\x32\x18.vita.audio.v1.VadConfig\"\x18\n\x08PcmChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x08\n\x06\x43ommit\"\x93\x01\n\nAudioInput\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.vita.audio.v1.StreamStartH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.vita.audio.v1.PcmChunkH\x00\x12\'\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x15.vita.audio.v1.CommitH\x00\x42\x05\n\x03msg\"\"\n\rSpeechStarted\x12\x11\n\toffset_ms\x18\x01 \x01(\x03\"\"\n\rSpeechStopped\x12\x11\n\toffset_ms\x18\x01 \x01(\x03\"\xb2\x01\n\tUtterance\x12\r\n\x05index\x18\x01 \x01(\x05\x12*\n\nembeddings\x18\x02 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x0e\n\x06pcm16k\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x17\n\x0f\x65os_to_ready_ns\x18\x05 \x01(\x03\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\"X\n\x10UtteranceDropped\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.vita.audio.v1.DropReason\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x03J\x04\x08\x01\x10\x02\"\xe9\x01\n\x0b\x41udioOutput\x12\x36\n\x0espeech_started\x18\x01 \x01(\x0b\x32\x1c.vita.audio.v1.SpeechStartedH\x00\x12\x36\n\x0espeech_stopped\x18\x02 \x01(\x0b\x32\x1c.vita.audio.v1.SpeechStoppedH\x00\x12-\n\tutterance\x18\x03 \x01(\x0b\x32\x18.vita.audio.v1.UtteranceH\x00\x12\x32\n\x07\x64ropped\x18\x04 \x01(\x0b\x32\x1f.vita.audio.v1.UtteranceDroppedH\x00\x42\x07\n\x05\x65vent\"\x91\x01\n\x11\x45ncodeClipRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12\r\n\x03pcm\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x04\x66ile\x18\x03 \x01(\x0cH\x00\x12*\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x1a.vita.audio.v1.AudioFormatB\x07\n\x05\x61udio\"\x93\x01\n\x12\x45ncodeClipResponse\x12*\n\nembeddings\x18\x01 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x03\x12\x0e\n\x06pcm16k\x18\x03 \x01(\x0c\x12,\n\x07timings\x18\x04 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\"\x11\n\x0f\x44\x65scribeRequest\"p\n\x10\x44\x65scribeResponse\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x02\x12,\n\x07weights\x18\x03 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo*e\n\x0eSampleEncoding\x12\x1f\n\x1bSAMPLE_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15SAMPLE_ENCODING_PCM16\x10\x01\x12\x17\n\x13SAMPLE_ENCODING_F32\x10\x02*\x90\x01\n\nDropReason\x12\x1b\n\x17\x44ROP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44ROP_REASON_TOO_SHORT\x10\x01\x12\x18\n\x14\x44ROP_REASON_TOO_LONG\x10\x02\x12\x15\n\x11\x44ROP_REASON_EMPTY\x10\x03\x12\x19\n\x15\x44ROP_REASON_CANCELLED\x10\x04\x32\xf1\x01\n\x05\x41udio\x12H\n\x0bStreamAudio\x12\x19.vita.audio.v1.AudioInput\x1a\x1a.vita.audio.v1.AudioOutput(\x01\x30\x01\x12Q\n\nEncodeClip\x12 .vita.audio.v1.EncodeClipRequest\x1a!.vita.audio.v1.EncodeClipResponse\x12K\n\x08\x44\x65scribe\x12\x1e.vita.audio.v1.DescribeRequest\x1a\x1f.vita.audio.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vita.audio.v1.audio_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLEENCODING']._serialized_start=1641
-  _globals['_SAMPLEENCODING']._serialized_end=1742
+  _globals['_SAMPLEENCODING']._serialized_start=1819
+  _globals['_SAMPLEENCODING']._serialized_end=1920
+  _globals['_DROPREASON']._serialized_start=1923
+  _globals['_DROPREASON']._serialized_end=2067
   _globals['_VADCONFIG']._serialized_start=74
-  _globals['_VADCONFIG']._serialized_end=247
-  _globals['_AUDIOFORMAT']._serialized_start=249
-  _globals['_AUDIOFORMAT']._serialized_end=335
-  _globals['_STREAMSTART']._serialized_start=338
-  _globals['_STREAMSTART']._serialized_end=476
-  _globals['_PCMCHUNK']._serialized_start=478
-  _globals['_PCMCHUNK']._serialized_end=502
-  _globals['_COMMIT']._serialized_start=504
-  _globals['_COMMIT']._serialized_end=512
-  _globals['_AUDIOINPUT']._serialized_start=515
-  _globals['_AUDIOINPUT']._serialized_end=662
-  _globals['_SPEECHSTARTED']._serialized_start=664
-  _globals['_SPEECHSTARTED']._serialized_end=698
-  _globals['_SPEECHSTOPPED']._serialized_start=700
-  _globals['_SPEECHSTOPPED']._serialized_end=734
-  _globals['_UTTERANCE']._serialized_start=737
-  _globals['_UTTERANCE']._serialized_end=915
-  _globals['_UTTERANCEDROPPED']._serialized_start=917
-  _globals['_UTTERANCEDROPPED']._serialized_end=972
-  _globals['_AUDIOOUTPUT']._serialized_start=975
-  _globals['_AUDIOOUTPUT']._serialized_end=1208
-  _globals['_ENCODECLIPREQUEST']._serialized_start=1211
-  _globals['_ENCODECLIPREQUEST']._serialized_end=1356
-  _globals['_ENCODECLIPRESPONSE']._serialized_start=1359
-  _globals['_ENCODECLIPRESPONSE']._serialized_end=1506
-  _globals['_DESCRIBEREQUEST']._serialized_start=1508
-  _globals['_DESCRIBEREQUEST']._serialized_end=1525
-  _globals['_DESCRIBERESPONSE']._serialized_start=1527
-  _globals['_DESCRIBERESPONSE']._serialized_end=1639
-  _globals['_AUDIO']._serialized_start=1745
-  _globals['_AUDIO']._serialized_end=1986
+  _globals['_VADCONFIG']._serialized_end=392
+  _globals['_AUDIOFORMAT']._serialized_start=394
+  _globals['_AUDIOFORMAT']._serialized_end=480
+  _globals['_STREAMSTART']._serialized_start=483
+  _globals['_STREAMSTART']._serialized_end=621
+  _globals['_PCMCHUNK']._serialized_start=623
+  _globals['_PCMCHUNK']._serialized_end=647
+  _globals['_COMMIT']._serialized_start=649
+  _globals['_COMMIT']._serialized_end=657
+  _globals['_AUDIOINPUT']._serialized_start=660
+  _globals['_AUDIOINPUT']._serialized_end=807
+  _globals['_SPEECHSTARTED']._serialized_start=809
+  _globals['_SPEECHSTARTED']._serialized_end=843
+  _globals['_SPEECHSTOPPED']._serialized_start=845
+  _globals['_SPEECHSTOPPED']._serialized_end=879
+  _globals['_UTTERANCE']._serialized_start=882
+  _globals['_UTTERANCE']._serialized_end=1060
+  _globals['_UTTERANCEDROPPED']._serialized_start=1062
+  _globals['_UTTERANCEDROPPED']._serialized_end=1150
+  _globals['_AUDIOOUTPUT']._serialized_start=1153
+  _globals['_AUDIOOUTPUT']._serialized_end=1386
+  _globals['_ENCODECLIPREQUEST']._serialized_start=1389
+  _globals['_ENCODECLIPREQUEST']._serialized_end=1534
+  _globals['_ENCODECLIPRESPONSE']._serialized_start=1537
+  _globals['_ENCODECLIPRESPONSE']._serialized_end=1684
+  _globals['_DESCRIBEREQUEST']._serialized_start=1686
+  _globals['_DESCRIBEREQUEST']._serialized_end=1703
+  _globals['_DESCRIBERESPONSE']._serialized_start=1705
+  _globals['_DESCRIBERESPONSE']._serialized_end=1817
+  _globals['_AUDIO']._serialized_start=2070
+  _globals['_AUDIO']._serialized_end=2311
 # @@protoc_insertion_point(module_scope)

@@ -13,9 +13,22 @@ class SampleEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLE_ENCODING_UNSPECIFIED: _ClassVar[SampleEncoding]
     SAMPLE_ENCODING_PCM16: _ClassVar[SampleEncoding]
     SAMPLE_ENCODING_F32: _ClassVar[SampleEncoding]
+
+class DropReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DROP_REASON_UNSPECIFIED: _ClassVar[DropReason]
+    DROP_REASON_TOO_SHORT: _ClassVar[DropReason]
+    DROP_REASON_TOO_LONG: _ClassVar[DropReason]
+    DROP_REASON_EMPTY: _ClassVar[DropReason]
+    DROP_REASON_CANCELLED: _ClassVar[DropReason]
 SAMPLE_ENCODING_UNSPECIFIED: SampleEncoding
 SAMPLE_ENCODING_PCM16: SampleEncoding
 SAMPLE_ENCODING_F32: SampleEncoding
+DROP_REASON_UNSPECIFIED: DropReason
+DROP_REASON_TOO_SHORT: DropReason
+DROP_REASON_TOO_LONG: DropReason
+DROP_REASON_EMPTY: DropReason
+DROP_REASON_CANCELLED: DropReason
 
 class VadConfig(_message.Message):
     __slots__ = ("enabled", "start_threshold", "end_threshold", "min_silence_ms", "pre_roll_ms", "min_utterance_ms", "max_utterance_ms")
@@ -105,9 +118,9 @@ class UtteranceDropped(_message.Message):
     __slots__ = ("reason", "duration_ms")
     REASON_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
-    reason: str
+    reason: DropReason
     duration_ms: int
-    def __init__(self, reason: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, reason: _Optional[_Union[DropReason, str]] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class AudioOutput(_message.Message):
     __slots__ = ("speech_started", "speech_stopped", "utterance", "dropped")

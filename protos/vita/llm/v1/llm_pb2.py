@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from vita.common.v1 import common_pb2 as vita_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vita/llm/v1/llm.proto\x12\x0bvita.llm.v1\x1a\x1bvita/common/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"[\n\rEmbeddingSpan\x12\x12\n\ncontent_id\x18\x01 \x01(\t\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x10\n\x08num_rows\x18\x03 \x01(\x05\"l\n\x07Segment\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.vita.llm.v1.TokenIdsH\x00\x12\x30\n\nembeddings\x18\x02 \x01(\x0b\x32\x1a.vita.llm.v1.EmbeddingSpanH\x00\x42\x06\n\x04kind\"\xb7\x01\n\x0fGenerateRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12&\n\x08segments\x18\x02 \x03(\x0b\x32\x14.vita.llm.v1.Segment\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xcd\x01\n\x0cGenerateDone\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10prefilled_tokens\x18\x04 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x05\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\"p\n\x10GenerateResponse\x12(\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x17.vita.llm.v1.TokenDeltaH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.vita.llm.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x15ReleaseSessionRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\x9b\x01\n\x10\x44\x65scribeResponse\x12\x1a\n\x12max_context_tokens\x18\x01 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x14\n\x0c\x65os_token_id\x18\x04 \x01(\x05\x12,\n\x07weights\x18\x05 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo2\xf4\x01\n\x03LLM\x12I\n\x08Generate\x12\x1c.vita.llm.v1.GenerateRequest\x1a\x1d.vita.llm.v1.GenerateResponse0\x01\x12Y\n\x0eReleaseSession\x12\".vita.llm.v1.ReleaseSessionRequest\x1a#.vita.llm.v1.ReleaseSessionResponse\x12G\n\x08\x44\x65scribe\x12\x1c.vita.llm.v1.DescribeRequest\x1a\x1d.vita.llm.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vita/llm/v1/llm.proto\x12\x0bvita.llm.v1\x1a\x1bvita/common/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"[\n\rEmbeddingSpan\x12\x12\n\ncontent_id\x18\x01 \x01(\t\x12$\n\x04rows\x18\x02 \x01(\x0b\x32\x16.vita.common.v1.Tensor\x12\x10\n\x08num_rows\x18\x03 \x01(\x05\"l\n\x07Segment\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.vita.llm.v1.TokenIdsH\x00\x12\x30\n\nembeddings\x18\x02 \x01(\x0b\x32\x1a.vita.llm.v1.EmbeddingSpanH\x00\x42\x06\n\x04kind\"\xb7\x01\n\x0fGenerateRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\x12&\n\x08segments\x18\x02 \x03(\x0b\x32\x14.vita.llm.v1.Segment\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xee\x01\n\x0cGenerateDone\x12\x30\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x19.vita.llm.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10prefilled_tokens\x18\x04 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x05\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.vita.common.v1.StageTiming\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05J\x04\x08\x01\x10\x02\"p\n\x10GenerateResponse\x12(\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x17.vita.llm.v1.TokenDeltaH\x00\x12)\n\x04\x64one\x18\x02 \x01(\x0b\x32\x19.vita.llm.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x15ReleaseSessionRequest\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\"*\n\x16ReleaseSessionResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\x9b\x01\n\x10\x44\x65scribeResponse\x12\x1a\n\x12max_context_tokens\x18\x01 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x14\n\x0c\x65os_token_id\x18\x04 \x01(\x05\x12,\n\x07weights\x18\x05 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xf4\x01\n\x03LLM\x12I\n\x08Generate\x12\x1c.vita.llm.v1.GenerateRequest\x1a\x1d.vita.llm.v1.GenerateResponse0\x01\x12Y\n\x0eReleaseSession\x12\".vita.llm.v1.ReleaseSessionRequest\x1a#.vita.llm.v1.ReleaseSessionResponse\x12G\n\x08\x44\x65scribe\x12\x1c.vita.llm.v1.DescribeRequest\x1a\x1d.vita.llm.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vita.llm.v1.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FINISHREASON']._serialized_start=1171
+  _globals['_FINISHREASON']._serialized_end=1295
   _globals['_TOKENIDS']._serialized_start=67
   _globals['_TOKENIDS']._serialized_end=90
   _globals['_EMBEDDINGSPAN']._serialized_start=92
@@ -43,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENDELTA']._serialized_start=481
   _globals['_TOKENDELTA']._serialized_end=526
   _globals['_GENERATEDONE']._serialized_start=529
-  _globals['_GENERATEDONE']._serialized_end=734
-  _globals['_GENERATERESPONSE']._serialized_start=736
-  _globals['_GENERATERESPONSE']._serialized_end=848
-  _globals['_RELEASESESSIONREQUEST']._serialized_start=850
-  _globals['_RELEASESESSIONREQUEST']._serialized_end=915
-  _globals['_RELEASESESSIONRESPONSE']._serialized_start=917
-  _globals['_RELEASESESSIONRESPONSE']._serialized_end=959
-  _globals['_DESCRIBEREQUEST']._serialized_start=961
-  _globals['_DESCRIBEREQUEST']._serialized_end=978
-  _globals['_DESCRIBERESPONSE']._serialized_start=981
-  _globals['_DESCRIBERESPONSE']._serialized_end=1136
-  _globals['_LLM']._serialized_start=1139
-  _globals['_LLM']._serialized_end=1383
+  _globals['_GENERATEDONE']._serialized_end=767
+  _globals['_GENERATERESPONSE']._serialized_start=769
+  _globals['_GENERATERESPONSE']._serialized_end=881
+  _globals['_RELEASESESSIONREQUEST']._serialized_start=883
+  _globals['_RELEASESESSIONREQUEST']._serialized_end=948
+  _globals['_RELEASESESSIONRESPONSE']._serialized_start=950
+  _globals['_RELEASESESSIONRESPONSE']._serialized_end=992
+  _globals['_DESCRIBEREQUEST']._serialized_start=994
+  _globals['_DESCRIBEREQUEST']._serialized_end=1011
+  _globals['_DESCRIBERESPONSE']._serialized_start=1014
+  _globals['_DESCRIBERESPONSE']._serialized_end=1169
+  _globals['_LLM']._serialized_start=1298
+  _globals['_LLM']._serialized_end=1542
 # @@protoc_insertion_point(module_scope)

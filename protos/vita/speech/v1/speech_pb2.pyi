@@ -1,11 +1,32 @@
 from vita.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SegmentFinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEGMENT_FINISH_REASON_UNSPECIFIED: _ClassVar[SegmentFinishReason]
+    SEGMENT_FINISH_REASON_EOS: _ClassVar[SegmentFinishReason]
+    SEGMENT_FINISH_REASON_LENGTH_CAP: _ClassVar[SegmentFinishReason]
+    SEGMENT_FINISH_REASON_EMPTY: _ClassVar[SegmentFinishReason]
+
+class SynthesisEndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SYNTHESIS_END_REASON_UNSPECIFIED: _ClassVar[SynthesisEndReason]
+    SYNTHESIS_END_REASON_COMPLETED: _ClassVar[SynthesisEndReason]
+    SYNTHESIS_END_REASON_CANCELLED: _ClassVar[SynthesisEndReason]
+SEGMENT_FINISH_REASON_UNSPECIFIED: SegmentFinishReason
+SEGMENT_FINISH_REASON_EOS: SegmentFinishReason
+SEGMENT_FINISH_REASON_LENGTH_CAP: SegmentFinishReason
+SEGMENT_FINISH_REASON_EMPTY: SegmentFinishReason
+SYNTHESIS_END_REASON_UNSPECIFIED: SynthesisEndReason
+SYNTHESIS_END_REASON_COMPLETED: SynthesisEndReason
+SYNTHESIS_END_REASON_CANCELLED: SynthesisEndReason
 
 class SynthesisStart(_message.Message):
     __slots__ = ("ctx",)
@@ -48,16 +69,16 @@ class SegmentDone(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     segment_index: int
     codec_tokens: int
-    finish_reason: str
+    finish_reason: SegmentFinishReason
     text_tokens: int
     timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
-    def __init__(self, segment_index: _Optional[int] = ..., codec_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., text_tokens: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
+    def __init__(self, segment_index: _Optional[int] = ..., codec_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[SegmentFinishReason, str]] = ..., text_tokens: _Optional[int] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
 
 class SynthesisDone(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
-    reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    reason: SynthesisEndReason
+    def __init__(self, reason: _Optional[_Union[SynthesisEndReason, str]] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("audio", "segment_done", "done")

@@ -1,0 +1,132 @@
+"""One turn as the conversation sees it: where it stands, how it is stopped, and what the user heard."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Coroutine
+
+from services.orchestrator.delivery import TurnDelivery
+from services.orchestrator.pipeline import ReplyResult
+from services.orchestrator.played import heard_chars, keep_deltas
+from services.orchestrator.records import TurnOutcome
+
+
+class TurnState(enum.Enum):
+    PENDING = "pending"  # launched; lock, media and prompt not ready yet
+    RUNNING = "running"  # the reply is streaming
+    CANCELLING = "cancelling"  # a cancel landed; the turn is recording what was heard
+    DONE = "done"
+
+
+class CancelReason(enum.Enum):
+    CLIENT = "client"  # the client sent cancel
+    BARGE_IN = "barge_in"  # the user spoke over the reply
+    DISCONNECT = "disconnect"  # the stream ended while the turn ran
+    FAILURE = "failure"  # a model service failed mid-reply
+
+
+_OUTCOMES = {
+    CancelReason.CLIENT: TurnOutcome.CANCELLED,
+    CancelReason.DISCONNECT: TurnOutcome.CANCELLED,
+    CancelReason.BARGE_IN: TurnOutcome.BARGED_IN,
+    CancelReason.FAILURE: TurnOutcome.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class PlaybackReport:
+    played_ms: float
+    at_ns: int  # perf_counter_ns when it arrived
+
+
+class TurnHandle:
+    """Created when a turn is launched and kept by the conversation until the next one.
+
+    A cancel stops whatever the turn is doing: before the reply, the whole turn (nothing is recorded);
+    while the reply streams, only the reply, and the turn goes on to record what the user heard.
+    """
+
+    def __init__(self, delivery: TurnDelivery):
+        self.delivery = delivery
+        self.state = TurnState.PENDING
+        self.cancel_reason: CancelReason | None = None
+        self._cancelled_ns: int | None = None
+        self._playback: PlaybackReport | None = None
+        self._task: asyncio.Task | None = None
+        self._reply: asyncio.Task | None = None
+
+    @property
+    def turn_id(self) -> str:
+        return self.delivery.turn_id
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, run: Coroutine) -> None:
+        self._task = asyncio.create_task(run)
+
+    def streaming(self, reply: asyncio.Task) -> None:
+        """The reply is streaming in `reply`: from now on a cancel stops that task only."""
+        self._reply = reply
+        if self.cancel_reason is None:
+            self.state = TurnState.RUNNING
+        else:  # cancelled between two attempts of the reply
+            reply.cancel()
+
+    def cancel(self, reason: CancelReason) -> None:
+        if not self.active or self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        self._cancelled_ns = time.perf_counter_ns()
+        self.state = TurnState.CANCELLING
+        self.delivery.dropped = True  # queued text and audio of this turn are not sent
+        (self._reply or self._task).cancel()
+
+    def fail(self) -> None:
+        self.cancel_reason = self.cancel_reason or CancelReason.FAILURE
+
+    def finish(self) -> None:
+        self.state = TurnState.DONE
+
+    async def wait(self) -> None:
+        """Until the turn has ended; a turn that was stopped before its reply ends without error."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise  # the waiter itself was cancelled
+
+    # ----- what was played -----
+
+    def report_playback(self, played_ms: float) -> None:
+        """The client's own count of the reply audio it played; it wins over the server's estimate."""
+        self._playback = PlaybackReport(max(0.0, played_ms), time.perf_counter_ns())
+
+    def played_ms(self) -> float:
+        """Reply audio the user heard before the cancel: the client's last report, else the audio sent
+        bounded by its real-time duration since the first chunk (a client that plays as it receives).
+        Never more than what was sent."""
+        if self._playback is not None:
+            return min(self._playback.played_ms, self.delivery.audio_ms)
+        return self.delivery.played_ms_at(self._cancelled_ns or time.perf_counter_ns())
+
+    def outcome(self, result: ReplyResult) -> TurnOutcome:
+        if self.cancel_reason is not None:
+            return _OUTCOMES[self.cancel_reason]
+        return TurnOutcome.SUPPRESSED if result.suppressed else TurnOutcome.COMPLETED
+
+    def kept_reply(self, result: ReplyResult, speech_output: bool) -> tuple[str, list[int]]:
+        """The reply history keeps, as text and token ids: all of a reply that ran to its end; of a
+        stopped one, what was heard. A reply that was not spoken was heard as text: all that was sent."""
+        if self.cancel_reason is None:
+            return result.text, list(result.token_ids)
+        delivered = self.delivery.delivered_text()
+        if not speech_output or result.suppressed:
+            return delivered, self.delivery.token_ids
+        return keep_deltas(self.delivery.deltas, heard_chars(delivered, result.spoken, self.played_ms()))
