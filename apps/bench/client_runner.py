@@ -197,7 +197,7 @@ class ApiSession:
             elif kind == "turn_completed":
                 completed = event.turn_completed
                 sample.finished = arrived
-                sample.outcome = completed.outcome
+                sample.outcome = pb.TurnOutcome.Name(completed.outcome).removeprefix("TURN_OUTCOME_").lower()
                 sample.reply_tokens = completed.reply_tokens
                 sample.prefilled_tokens = completed.prefilled_prompt_tokens
                 sample.cached_tokens = completed.cached_prompt_tokens
