@@ -375,3 +375,26 @@ def test_stats_carry_the_loop_counters_and_cancel_after_stop_is_harmless(make_en
     engine.cancel("a")  # a servicer cancels in its cleanup, possibly after shutdown
     engine.release_session("s")
     assert not engine.stats().loop.running
+
+
+def test_a_bug_in_a_step_fails_the_requests_in_flight_and_the_engine_goes_on(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine()
+    scheduler = engine._scheduler  # noqa: SLF001 - the fault is injected outside the model calls on purpose
+    real_schedule = scheduler.schedule
+    calls = {"n": 0}
+
+    def faulty_schedule() -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyError("scheduler bug")
+        return real_schedule()
+
+    monkeypatch.setattr(scheduler, "schedule", faulty_schedule)
+    broken = run_one(engine, token_request("a", "s", prompt_ids(8), max_new_tokens=6))
+    assert isinstance(broken.failed.error, GenerationFailed)
+    assert isinstance(broken.failed.error.__cause__, KeyError)
+    assert engine.stats().loop.step_errors == 1 and engine.stats().running == 0
+    healthy = run_one(engine, token_request("b", "s", prompt_ids(8), max_new_tokens=3))
+    assert healthy.finished.reason == "length" and len(healthy.tokens) == 3

@@ -74,6 +74,8 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(model: VisionEncode
     assert stats.batch_size_counts == {1: 1, 2: 1, 4: 2}
     assert (stats.batches, stats.tiles, stats.requests_completed) == (4, 11, 4)
     assert stats.queued_tiles == 0 and stats.busy_s > 0
+    # Each request entered through the loop's inbox; the step after the blocked one saw all three at once.
+    assert stats.loop.commands_applied == 4 and not stats.loop.running
 
 
 def test_cancelled_request_is_skipped(model: VisionEncoder) -> None:
