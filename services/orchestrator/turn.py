@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from dataclasses import dataclass
 from typing import Coroutine
 
 from services.orchestrator.delivery import TurnDelivery
@@ -36,12 +35,6 @@ _OUTCOMES = {
 }
 
 
-@dataclass(frozen=True)
-class PlaybackReport:
-    played_ms: float
-    at_ns: int  # perf_counter_ns when it arrived
-
-
 class TurnHandle:
     """Created when a turn is launched and kept by the conversation until the next one.
 
@@ -54,7 +47,7 @@ class TurnHandle:
         self.state = TurnState.PENDING
         self.cancel_reason: CancelReason | None = None
         self._cancelled_ns: int | None = None
-        self._playback: PlaybackReport | None = None
+        self._played_reported_ms: float | None = None
         self._task: asyncio.Task | None = None
         self._reply: asyncio.Task | None = None
 
@@ -68,6 +61,7 @@ class TurnHandle:
 
     def start(self, run: Coroutine) -> None:
         self._task = asyncio.create_task(run)
+        self._task.add_done_callback(lambda _: self._finish())
 
     def streaming(self, reply: asyncio.Task) -> None:
         """The reply is streaming in `reply`: from now on a cancel stops that task only."""
@@ -89,7 +83,7 @@ class TurnHandle:
     def fail(self) -> None:
         self.cancel_reason = self.cancel_reason or CancelReason.FAILURE
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         self.state = TurnState.DONE
 
     async def wait(self) -> None:
@@ -106,14 +100,14 @@ class TurnHandle:
 
     def report_playback(self, played_ms: float) -> None:
         """The client's own count of the reply audio it played; it wins over the server's estimate."""
-        self._playback = PlaybackReport(max(0.0, played_ms), time.perf_counter_ns())
+        self._played_reported_ms = max(0.0, played_ms)
 
     def played_ms(self) -> float:
         """Reply audio the user heard before the cancel: the client's last report, else the audio sent
         bounded by its real-time duration since the first chunk (a client that plays as it receives).
         Never more than what was sent."""
-        if self._playback is not None:
-            return min(self._playback.played_ms, self.delivery.audio_ms)
+        if self._played_reported_ms is not None:
+            return min(self._played_reported_ms, self.delivery.audio_ms)
         return self.delivery.played_ms_at(self._cancelled_ns or time.perf_counter_ns())
 
     def outcome(self, result: ReplyResult) -> TurnOutcome:

@@ -73,7 +73,7 @@ class TurnRunner:
         metrics.ACTIVE_TURNS.inc()
         try:
             request = await self._prepare()
-            self._announce(request)
+            self._announce()
             await self._reply(request)
             self._flush_if_stopped()
             await self._record_turn()
@@ -83,7 +83,6 @@ class TurnRunner:
             final = self._outbox.error_item(self._turn_id, failed.code, failed.message)
         finally:
             refresher.cancel()
-            self._handle.finish()
             self._observe()
             await asyncio.shield(self._deps.store.release_turn(self._tenant, self._session.session_id, self._turn_id))
             # Last, after the lock is released: a client may start its next turn the moment it reads this.
@@ -138,7 +137,7 @@ class TurnRunner:
         return ReplyRequest(ids=ids, prompt=prompt, max_new_tokens=pending.max_reply,
                             temperature=config.temperature, speech_output=config.speech_output)
 
-    def _announce(self, request: ReplyRequest) -> None:
+    def _announce(self) -> None:
         started = assistant_pb2.TurnStarted(input=self._pending.input_kind, prompt_tokens=self._prompt_tokens)
         self._outbox.send_event(self._turn_id, turn_started=started)
 

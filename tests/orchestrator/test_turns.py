@@ -204,3 +204,37 @@ async def test_a_completed_reply_keeps_all_its_text():
     record = store.turns[-1]
     assert record.outcome is TurnOutcome.COMPLETED and record.reply_text == "".join(WORDS)
     assert transport.completed().outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
+
+
+async def test_a_cancel_stops_the_reply_only_once_it_streams_and_the_turn_goes_on():
+    from services.orchestrator.delivery import TurnDelivery
+    from services.orchestrator.turn import CancelReason, TurnHandle, TurnState
+
+    handle = TurnHandle(TurnDelivery("t", "text", 0))
+    steps = []
+
+    async def turn():
+        reply = asyncio.create_task(asyncio.sleep(60))
+        handle.streaming(reply)
+        try:
+            await reply
+        except asyncio.CancelledError:
+            steps.append("reply stopped")
+        steps.append("recorded")
+
+    handle.start(turn())
+    await asyncio.sleep(0.01)
+    assert handle.state is TurnState.RUNNING and handle.active
+    handle.cancel(CancelReason.BARGE_IN)
+    handle.cancel(CancelReason.DISCONNECT)  # the first reason stands
+    await handle.wait()
+    assert steps == ["reply stopped", "recorded"] and handle.state is TurnState.DONE
+    assert handle.cancel_reason is CancelReason.BARGE_IN and handle.delivery.dropped
+    assert handle.outcome(None) is TurnOutcome.BARGED_IN
+
+    early = TurnHandle(TurnDelivery("u", "text", 0))
+    early.start(asyncio.sleep(60))  # still preparing: the whole turn stops, nothing is recorded
+    await asyncio.sleep(0)
+    early.cancel(CancelReason.CLIENT)
+    await early.wait()
+    assert not early.active and early.state is TurnState.DONE and early.cancel_reason is CancelReason.CLIENT
