@@ -30,7 +30,7 @@ class OrchestratorSettings(BaseSettings):
     max_text_chars: int = 100_000
     # Upper bound a session may ask for, in tokens.
     max_reply_tokens_limit: int = 4096
-    # Speech segmentation (spec §5.4): the first segment ends at the first punctuation mark, or at
+    # Speech segmentation (docs/MODEL.md#segmenting): the first segment ends at the first punctuation mark, or at
     # first_segment_max_chars so that first audio never waits for a long clause; later segments end at
     # punctuation once they hold segment_min_chars, or at segment_max_chars.
     first_segment_max_chars: int = 40

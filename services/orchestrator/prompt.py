@@ -1,8 +1,8 @@
-"""The VITA-1.5 prompt (spec §4.3, `conv_qwen2p5_instruct`), as token pieces and media spans.
+"""The VITA-1.5 prompt (docs/MODEL.md#prompt, `conv_qwen2p5_instruct`), as token pieces and media spans.
 
-User text is tokenised as plain text (DESIGN rule 9): `<|im_start|>`, `<image>` or ☞ typed by a user can
+User text is tokenised as plain text: `<|im_start|>`, `<image>` or ☞ typed by a user can
 never change the prompt's structure. Media are spliced as embedding spans at their placeholders' place
-(spec §3.4, §4.4): images and video first, then "\n", the text, then the audio clip.
+(docs/MODEL.md#prompt): images and video first, then "\n", the text, then the audio clip.
 
 Decision on the system prompt: the reference picks it by the current request's modality. Changing it
 mid-conversation would invalidate the whole KV-cache prefix, so a session keeps the prompt of the most

@@ -1,4 +1,4 @@
-"""Cuts streamed reply text into speech segments while the LLM is still writing (spec §5.4).
+"""Cuts streamed reply text into speech segments while the LLM is still writing (docs/MODEL.md#segmenting).
 
 The rule depends only on the text, never on how it was split into deltas, so the distributed stack and
 the in-process run cut the same segments and, with a seed, speak identical audio.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shared.tokenizer import STATE_SYMBOLS
 
-# The reference server's break characters (spec §5.4 step 3).
+# The reference server's break characters.
 BREAK_CHARS = frozenset(",，.。?？!！、\n")
 
 
