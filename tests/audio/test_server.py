@@ -18,7 +18,7 @@ import soxr
 import torch
 from prometheus_client import REGISTRY
 
-import services.audio.server as audio_server
+import services.audio.clips as audio_clips
 from services.audio.config import AudioSettings
 from services.audio.server import INTERNAL_MESSAGE, AudioApp
 from services.audio.stream import AudioStream, expected_llm_tokens
@@ -468,7 +468,7 @@ async def test_unexpected_errors_are_internal_without_details(audio: Served, mon
     def broken(*args, **kwargs):
         raise RuntimeError("secret path /srv/weights")
 
-    monkeypatch.setattr(audio_server, "clip_for_encoding", broken)
+    monkeypatch.setattr(audio_clips, "clip_for_encoding", broken)
     monkeypatch.setattr(AudioStream, "commit", broken)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await audio.stub.EncodeClip(clip_request(pcm16(noise(0.5, 0.1))), timeout=TIMEOUT_S)
