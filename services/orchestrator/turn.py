@@ -105,7 +105,9 @@ class TurnHandle:
     def played_ms(self) -> float:
         """Reply audio the user heard before the cancel: the client's last report, else the audio sent
         bounded by its real-time duration since the first chunk (a client that plays as it receives).
-        Never more than what was sent."""
+        Never more than what was sent. A report is taken as it is, not advanced by the time since it
+        arrived: it may lag by the client's reporting interval, and keeping a little less than was heard
+        is the safer error (the model is never told it said what the user did not hear)."""
         if self._played_reported_ms is not None:
             return min(self._played_reported_ms, self.delivery.audio_ms)
         return self.delivery.played_ms_at(self._cancelled_ns or time.perf_counter_ns())
