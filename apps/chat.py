@@ -1,33 +1,42 @@
-"""`vita chat`: a client of the public API. Sends one turn, streams the reply text to the terminal as it
-arrives, writes the reply speech to a WAV file, and reports time to first text and first audio as the
-client saw them (from the moment its input was sent)."""
+"""`vita chat`: one turn through the client SDK. Streams the reply text to the terminal as it arrives,
+writes the reply speech to a WAV file, and reports time to first text and first audio as the client saw
+them (from the moment its input was sent)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
+import sdk
 
-from shared.grpc_server import channel_options
-from vita.assistant.v1 import assistant_pb2, assistant_pb2_grpc
+AUDIO_CHUNK_MS = 40
 
 
 @dataclass
 class TurnReport:
-    turn_id: str = ""
-    text: str = ""
-    pcm: bytearray = field(default_factory=bytearray)
-    sample_rate_hz: int = 24000
-    ttft_ms: float | None = None
-    ttfa_ms: float | None = None
-    completed: assistant_pb2.TurnCompleted | None = None
-    errors: list[assistant_pb2.Error] = field(default_factory=list)
+    result: sdk.TurnResult | None = None
+    errors: list[sdk.TurnError] = field(default_factory=list)
+    interrupted: str = ""  # why the turn was cut, if it was
     weights: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.result.text if self.result else ""
+
+    @property
+    def pcm(self) -> bytes:
+        return self.result.pcm if self.result else b""
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return (self.result.sample_rate_hz if self.result else 0) or 24000
+
+    @property
+    def completed(self) -> sdk.TurnCompleted | None:
+        return self.result.completed if self.result else None
 
 
 def write_wav(path: Path, pcm: bytes, sample_rate_hz: int) -> None:
@@ -36,13 +45,6 @@ def write_wav(path: Path, pcm: bytes, sample_rate_hz: int) -> None:
         wav.setsampwidth(2)
         wav.setframerate(sample_rate_hz)
         wav.writeframes(pcm)
-
-
-def metadata_for(api_key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
-
-
-AUDIO_CHUNK_MS = 40
 
 
 @dataclass
@@ -84,71 +86,34 @@ async def run_turn(
 ) -> TurnReport:
     """One turn on a new (or given) session: typed text with optional images/video, or a spoken question
     streamed at real-time pace (`fast`: as fast as the stream takes it). `echo(text)` gets each delta."""
+    media: list[sdk.Media] = [sdk.Image(data, max_tiles) for data in images]
+    if video is not None:
+        media.append(sdk.Video(video))
+    audio = sdk.AudioFormat(spoken.sample_rate_hz, "pcm16") if spoken is not None else None
     report = TurnReport()
-    metadata = metadata_for(api_key)
-    async with grpc.aio.insecure_channel(address, options=channel_options(64 * 1024 * 1024)) as channel:
-        stub = assistant_pb2_grpc.AssistantStub(channel)
+    async with sdk.AsyncClient(address, api_key=api_key) as client:
         if session_id is None:
-            created = await stub.CreateSession(assistant_pb2.CreateSessionRequest(), metadata=metadata)
-            session_id = created.session.session_id
-        media = [assistant_pb2.MediaInput(image=data, max_tiles=max_tiles) for data in images]
-        if video is not None:
-            media.append(assistant_pb2.MediaInput(video=video))
-        input_done = [0.0]
-
-        async def events():
-            start = assistant_pb2.ConverseStart(session_id=session_id)
-            if spoken is not None:
-                start.input_sample_rate_hz = spoken.sample_rate_hz
-                start.input_encoding = assistant_pb2.AUDIO_ENCODING_PCM16
-            yield assistant_pb2.ClientEvent(start=start)
+            session_id = (await client.create_session()).session_id
+        async with client.conversation(session_id, audio=audio) as conv:
+            report.weights = conv.ready.weights
             if spoken is None:
-                turn = assistant_pb2.UserTurn(text=text, media=media)
-                if seed is not None:
-                    turn.seed = seed
-                if max_reply_tokens is not None:
-                    turn.max_reply_tokens = max_reply_tokens
-                input_done[0] = time.perf_counter()
-                yield assistant_pb2.ClientEvent(turn=turn)
+                turn = await conv.send_text(text, media=media, seed=seed, max_reply_tokens=max_reply_tokens)
             else:
                 for chunk in spoken.chunks():
-                    yield assistant_pb2.ClientEvent(audio=assistant_pb2.AudioAppend(data=chunk))
+                    await conv.append_audio(chunk)
                     if not fast:
                         await asyncio.sleep(AUDIO_CHUNK_MS / 1000)
-                input_done[0] = time.perf_counter()
-                # End of the file ends the utterance even if it has no trailing silence.
-                yield assistant_pb2.ClientEvent(audio_commit=assistant_pb2.AudioCommit(media=media))
-            await finished.wait()
-
-        finished = asyncio.Event()
-        call = stub.Converse(events(), metadata=metadata)
-        async for event in call:
-            kind = event.WhichOneof("event")
-            now_ms = (time.perf_counter() - input_done[0]) * 1000
-            if kind == "ready":
-                report.weights = event.ready.weights
-            elif kind == "turn_started":
-                report.turn_id = event.turn_id
-            elif kind == "text_delta":
-                if report.ttft_ms is None:
-                    report.ttft_ms = now_ms
-                report.text += event.text_delta.text
-                if echo:
-                    echo(event.text_delta.text)
-            elif kind == "audio":
-                if report.ttfa_ms is None:
-                    report.ttfa_ms = now_ms
-                report.pcm += event.audio.pcm
-                report.sample_rate_hz = event.audio.sample_rate_hz
-            elif kind == "error":
-                report.errors.append(event.error)
-                if event.turn_id or spoken is None:
-                    break
-            elif kind == "turn_completed":
-                report.completed = event.turn_completed
-                break
-        finished.set()
-        call.cancel()
+                # The end of the file ends the utterance even without trailing silence.
+                turn = await conv.commit_audio(media=media)
+            async for event in turn.events():
+                if isinstance(event, sdk.TextDelta) and echo:
+                    echo(event.text)
+            try:
+                report.result = await turn.result()
+            except sdk.TurnFailed as failed:
+                report.result, report.errors = failed.partial, [failed.partial.error]
+            except sdk.TurnInterruptedError as cut:
+                report.result, report.interrupted = cut.partial, cut.reason
     return report
 
 
@@ -168,21 +133,25 @@ def chat_main(args) -> int:
         )
     )
     print()
-    if report.errors:
+    if report.errors or report.interrupted:
         for error in report.errors:
-            print(f"error (code {error.code}): {error.message}", file=sys.stderr)
+            print(f"error ({error.code.name}): {error.message}", file=sys.stderr)
+        if report.interrupted:
+            print(f"the turn was interrupted: {report.interrupted}", file=sys.stderr)
         return 1
     print_report(report, Path(args.out))
     return 0
 
 
 def print_report(report: TurnReport, out: Path) -> None:
+    result = report.result
+    ttft, ttfa = result.client_ttft_ms, result.client_ttfa_ms
     if report.pcm:
-        write_wav(out, bytes(report.pcm), report.sample_rate_hz)
+        write_wav(out, report.pcm, report.sample_rate_hz)
     seconds = len(report.pcm) / 2 / report.sample_rate_hz
     print(f"weights served: {report.weights}" + ("  (random weights: the reply is noise)" if report.weights.startswith("random") else ""))
-    print(f"time to first text token: {report.ttft_ms:.1f} ms" if report.ttft_ms is not None else "no text")
-    print(f"time to first audio:      {report.ttfa_ms:.1f} ms" if report.ttfa_ms is not None else "no audio")
+    print(f"time to first text token: {ttft:.1f} ms" if ttft is not None else "no text")
+    print(f"time to first audio:      {ttfa:.1f} ms" if ttfa is not None else "no audio")
     if report.completed is not None:
         t = report.completed.timings
         print(f"server-side: ttft {t.ttft_ms:.1f} ms, ttfa {t.ttfa_ms:.1f} ms, turn {t.total_ms:.1f} ms, "

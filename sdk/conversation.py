@@ -17,7 +17,7 @@ from typing import AsyncIterator, Iterable
 
 import grpc
 
-from sdk.errors import ConversationClosed
+from sdk.errors import ConversationClosed, TurnFailed
 from sdk.events import (
     AudioChunk,
     Event,
@@ -25,6 +25,7 @@ from sdk.events import (
     Ready,
     Reconnected,
     StreamEnded,
+    TurnError,
     TurnInterrupted,
     TurnStarted,
     from_proto,
@@ -79,6 +80,8 @@ class Conversation:
         self._ended = asyncio.Event()
         self._closing = False
         self._turns: dict[str, Turn] = {}
+        self._commits: list[Turn] = []  # commit handles whose turn has not started yet
+        self._turn_waiters: list[asyncio.Future] = []  # next_turn() callers
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_grew = asyncio.Event()
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
@@ -161,8 +164,21 @@ class Conversation:
         its turn interrupted, as the audio before it went with the old stream."""
         commit = pb.AudioCommit(turn_id=turn_id or _new_turn_id(), media=media_to_proto(media))
         turn = self._claim(commit.turn_id)
+        self._commits.append(turn)
         await self._send(pb.ClientEvent(audio_commit=commit), droppable=True, turn=turn)
         return turn
+
+    async def next_turn(self, timeout: float | None = None) -> Turn:
+        """The handle of the next turn the server starts by itself (server VAD found the end of an
+        utterance), from its TurnStarted on. A stream-level error while waiting (audio refused) raises
+        TurnFailed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._turn_waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            if waiter in self._turn_waiters:
+                self._turn_waiters.remove(waiter)
 
     async def send_camera_frame(self, jpeg: bytes, timestamp_ms: int | None = None) -> bool:
         stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
@@ -271,9 +287,10 @@ class Conversation:
                 self._report_stop(event.turn_id, event.received_at)
         turn = self._turns.get(event.turn_id) if event.turn_id else None
         if turn is None and isinstance(event, TurnStarted):
-            # A turn the server started (speech ended under VAD): tracked so a drop can report it.
-            turn = self._turns[event.turn_id] = Turn(event.turn_id, self.cancel, claimed=False)
+            turn = self._server_started(event)
         if turn is None:
+            if isinstance(event, TurnError) and not event.turn_id:
+                self._fail_turn_waiters(event)
             return self._deliver(event)
         turn._add(event)
         if turn.done:
@@ -281,8 +298,31 @@ class Conversation:
         if not turn.claimed:
             self._deliver(event)
 
+    def _server_started(self, event: TurnStarted) -> Turn:
+        """A turn the server started: a waiting commit handle or next_turn() caller takes it; otherwise it
+        is tracked (so that a drop can report it) and its events go to events()."""
+        pending = [c for c in self._commits if not c.done and not c.partial.events]
+        if event.input == "audio" and pending:
+            turn = pending[0]
+            self._commits.remove(turn)
+            self._turns.pop(turn.turn_id, None)
+            turn.turn_id = turn.partial.turn_id = event.turn_id
+        else:
+            turn = Turn(event.turn_id, self.cancel, claimed=bool(self._turn_waiters))
+            if self._turn_waiters:
+                _resolve(self._turn_waiters.pop(0), turn)
+        self._turns[event.turn_id] = turn
+        return turn
+
+    def _fail_turn_waiters(self, error: TurnError) -> None:
+        for waiter in self._turn_waiters:
+            if not waiter.done():
+                waiter.set_exception(TurnFailed(error.code, error.message, TurnResult("", [error])))
+        self._turn_waiters.clear()
+
     def _forget(self, turn_id: str) -> None:
         self._turns.pop(turn_id, None)
+        self._commits = [c for c in self._commits if c.turn_id != turn_id]
         if self._playback is not None:
             self._playback.on_turn_end(turn_id)
 
@@ -373,6 +413,9 @@ class Conversation:
         for turn in list(self._turns.values()):
             self._interrupt(turn, details)
         self._ended.set()
+        for waiter in self._turn_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConversationClosed(code, details))
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -409,7 +452,7 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.UNAVAILABLE, str(error) or "no Ready from the server in time"
 
 
-def _resolve(future: asyncio.Future, value: bool) -> None:
+def _resolve(future: asyncio.Future, value) -> None:
     if not future.done():
         future.set_result(value)
 

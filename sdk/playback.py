@@ -45,14 +45,14 @@ class SimulatedPlayback:
         if turn is None:
             return None
         turn.advance(now)
-        return int(turn.played_ms)
+        return round(turn.played_ms)
 
     def position(self, turn_id: str, now: float) -> int | None:
         turn = self._turns.get(turn_id)
         if turn is None:
             return None
         turn.advance(now)
-        return int(turn.played_ms)
+        return round(turn.played_ms)
 
     def due(self, now: float) -> list[tuple[str, int]]:
         """Positions that changed since the last report; a turn whose audio has all played is dropped
@@ -60,7 +60,7 @@ class SimulatedPlayback:
         reports = []
         for turn_id, turn in list(self._turns.items()):
             turn.advance(now)
-            played = int(turn.played_ms)
+            played = round(turn.played_ms)
             if played != turn.reported_ms:
                 turn.reported_ms = played
                 reports.append((turn_id, played))

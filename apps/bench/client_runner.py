@@ -1,5 +1,6 @@
-"""Drives the public Assistant API: one session and one open Converse stream per simulated user, turns
-sent back to back, every server event time-stamped on arrival (a reader task per stream)."""
+"""Drives the public Assistant API through the client SDK: one client (its own connection), session and
+open conversation per simulated user, turns sent back to back, every server event time-stamped on
+arrival by the SDK."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 
 import grpc
 
+import sdk
 from apps.bench.driver import run_phases
 from apps.bench.stats import FirstSegmentWatch, TurnSample
 from apps.bench.workload import (
@@ -20,33 +22,23 @@ from apps.bench.workload import (
     SessionScript,
     Workload,
 )
-from shared.grpc_server import channel_options
-from vita.assistant.v1 import assistant_pb2 as pb
-from vita.assistant.v1 import assistant_pb2_grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CODE_NAMES = {3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
-              10: "ABORTED", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE"}
 # An input kind this deployment does not serve yet is refused with one of these: the turn is counted
 # as unsupported (not failed) and the session skips later turns of that kind.
-UNSUPPORTED_CODES = (9, 12)
-_EOF = object()
+UNSUPPORTED_CODES = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED)
 
 
 class ApiSession:
     """One simulated user of the public API."""
 
-    def __init__(self, stub: assistant_pb2_grpc.AssistantStub, metadata, workload: Workload, script: SessionScript,
+    def __init__(self, address: str, api_key: str | None, workload: Workload, script: SessionScript,
                  turn_timeout_s: float):
-        self._stub = stub
-        self._metadata = metadata
+        self._client = sdk.AsyncClient(address, api_key=api_key)
         self._workload = workload
         self._script = script
         self._timeout = turn_timeout_s
         self._session_id = ""
-        self._call = None
-        self._reader: asyncio.Task | None = None
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._conv: sdk.Conversation | None = None
         self._unsupported: set[str] = set()
 
     # The seed of spoken turns (AudioCommit carries none, so they use the session's).
@@ -54,171 +46,128 @@ class ApiSession:
     def session_seed(self) -> int:
         return self._workload.turn_seed(self._script.index, -1)
 
+    @property
+    def _vad(self) -> bool:
+        return self._workload.speech_end == "vad"
+
     async def open(self) -> None:
-        config = pb.SessionConfig(
+        config = sdk.SessionConfig(
             max_reply_tokens=self._workload.reply_tokens,
             seed=self.session_seed,
             speech_output=self._workload.speech_output,
-            vad=pb.VoiceActivityConfig(enabled=self._workload.speech_end == "vad"),
+            vad=sdk.VoiceActivity(enabled=self._vad),
+            max_history_turns=self._workload.history_turns,
         )
-        if self._workload.history_turns is not None:
-            config.max_history_turns = self._workload.history_turns
-        created = await self._stub.CreateSession(pb.CreateSessionRequest(config=config), metadata=self._metadata)
-        self._session_id = created.session.session_id
-        await self._open_stream()
+        self._session_id = (await self._client.create_session(config)).session_id
+        await self._open_conversation()
 
-    async def _open_stream(self) -> None:
-        self._call = self._stub.Converse(metadata=self._metadata)
-        start = pb.ConverseStart(session_id=self._session_id)
-        if self._workload.has_spoken:
-            start.input_sample_rate_hz = INPUT_SAMPLE_RATE_HZ
-            start.input_encoding = pb.AUDIO_ENCODING_PCM16
-        await self._call.write(pb.ClientEvent(start=start))
-        ready = await self._call.read()
-        if ready is grpc.aio.EOF or ready.WhichOneof("event") != "ready":
-            raise RuntimeError(f"session {self._session_id}: the stream did not start")
-        self._events = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                event = await self._call.read()
-                arrived = time.perf_counter()
-                if event is grpc.aio.EOF:
-                    break
-                self._events.put_nowait((arrived, event))
-        except grpc.aio.AioRpcError as error:
-            self._events.put_nowait((time.perf_counter(), error))
-        finally:
-            self._events.put_nowait((time.perf_counter(), _EOF))
+    async def _open_conversation(self) -> None:
+        audio = sdk.AudioFormat(INPUT_SAMPLE_RATE_HZ, "pcm16") if self._workload.has_spoken else None
+        self._conv = await self._client.resume(self._session_id, audio=audio)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._call is not None:
-            self._call.cancel()
+        if self._conv is not None:
+            await self._conv.close()
+        await self._client.close()  # a closed channel closes again quietly
 
     async def turn(self, index: int, turn: BenchTurn, warmup: bool) -> TurnSample:
         sample = TurnSample(self._script.index, index, turn.kind, warmup)
         if turn.kind in self._unsupported:
             sample.unsupported = True
             return sample
-        if self._reader is None or self._reader.done():
-            await self.close()
-            await self._open_stream()
         turn_id = f"bench-{self._script.index}-{index}-{uuid.uuid4().hex[:8]}"
         done = asyncio.Event()
         sender: asyncio.Task | None = None
-        if turn.kind == SPOKEN:
-            sender = asyncio.create_task(self._stream_audio(turn, turn_id, sample, done))
-            sender.add_done_callback(self._on_sender_done)
-            expected = turn_id if self._workload.speech_end == "commit" else None
-        else:
-            message = pb.UserTurn(turn_id=turn_id, text=turn.text, seed=self._workload.turn_seed(self._script.index, index),
-                                  max_reply_tokens=self._workload.reply_tokens)
-            if turn.kind == IMAGE:
-                message.media.append(pb.MediaInput(image=turn.image, max_tiles=turn.max_tiles))
-            sample.input_end = time.perf_counter()
-            await self._call.write(pb.ClientEvent(turn=message))
-            expected = turn_id
         try:
-            await asyncio.wait_for(self._collect(sample, expected, spoken=sender is not None), self._timeout)
+            if turn.kind == SPOKEN:
+                waiter = asyncio.ensure_future(self._conv.next_turn()) if self._vad else None
+                sender = asyncio.create_task(self._stream_audio(turn, turn_id, sample, done))
+                handle = await asyncio.wait_for(waiter if waiter is not None else sender, self._timeout)
+            else:
+                media = [sdk.Image(turn.image, turn.max_tiles)] if turn.kind == IMAGE else []
+                sample.input_end = time.perf_counter()
+                handle = await self._conv.send_text(
+                    turn.text, media=media, turn_id=turn_id, seed=self._workload.turn_seed(self._script.index, index),
+                    max_reply_tokens=self._workload.reply_tokens)
+            await asyncio.wait_for(self._collect(handle, sample), self._timeout)
         except asyncio.TimeoutError:
             sample.error = f"DEADLINE_EXCEEDED: no turn_completed within {self._timeout:.0f} s"
-            await self.close()  # the stream is in an unknown state: the next turn opens a new one
+            # The stream is in an unknown state: the next turn gets a new one.
+            await self._conv.close()
+            await self._open_conversation()
+        except sdk.TurnFailed as failed:
+            self._on_failed(sample, failed)
+        except (sdk.TurnInterruptedError, sdk.ConversationClosed) as cut:
+            sample.error = f"STREAM_ENDED: {cut}"
         finally:
             done.set()
             if sender is not None:
-                # Not cancelled: a write cancelled half-way can break the whole stream. It stops by
-                # itself after the chunk in flight.
+                # Not cancelled: it stops by itself after the chunk in flight.
                 await asyncio.gather(sender, return_exceptions=True)
         if sample.unsupported:
             self._unsupported.add(turn.kind)
         return sample
 
-    def _on_sender_done(self, task: asyncio.Task) -> None:
-        """A failed audio write ends the turn (its collector would otherwise wait for the timeout)."""
-        if not task.cancelled() and task.exception() is not None:
-            self._events.put_nowait((time.perf_counter(), task.exception()))
+    def _on_failed(self, sample: TurnSample, failed: sdk.TurnFailed) -> None:
+        if failed.code in UNSUPPORTED_CODES and sample.kind in (SPOKEN, IMAGE) and sample.first_text is None:
+            sample.unsupported = True
+        else:
+            sample.error = f"{failed.code.name}: {failed.message}"
 
-    async def _stream_audio(self, turn: BenchTurn, turn_id: str, sample: TurnSample, done: asyncio.Event) -> None:
-        """Real-time pace: chunk i leaves when its last sample has been "recorded" (t0 + (i+1)·40 ms)."""
+    async def _stream_audio(self, turn: BenchTurn, turn_id: str, sample: TurnSample,
+                            done: asyncio.Event) -> sdk.Turn | None:
+        """Real-time pace: chunk i leaves when its last sample has been "recorded" (t0 + (i+1)·40 ms).
+        Push-to-talk ends with a commit and returns its turn."""
         chunk_samples = INPUT_SAMPLE_RATE_HZ * AUDIO_CHUNK_MS // 1000
         chunk_s = chunk_samples / INPUT_SAMPLE_RATE_HZ
         silence = b"\x00\x00" * chunk_samples
         t0 = time.perf_counter()
         sample.speech_end = t0 + turn.speech_end_s
-        if self._workload.speech_end == "vad":
+        if self._vad:
             sample.input_end = sample.speech_end  # the server's VAD has to find it
         offset, chunk = 0, 0
         # Under VAD a client keeps streaming its microphone (silence here) until the reply is over.
-        vad = self._workload.speech_end == "vad"
-        while not done.is_set() and (offset < len(turn.pcm16) or vad):
+        while not done.is_set() and (offset < len(turn.pcm16) or self._vad):
             chunk += 1
             delay = t0 + chunk * chunk_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             data = turn.pcm16[offset: offset + 2 * chunk_samples] if offset < len(turn.pcm16) else silence
             offset += len(data)
-            await self._call.write(pb.ClientEvent(audio=pb.AudioAppend(data=data)))
-        if not vad and not done.is_set():
-            sample.input_end = time.perf_counter()
-            await self._call.write(pb.ClientEvent(audio_commit=pb.AudioCommit(turn_id=turn_id)))
+            await self._conv.append_audio(data)
+        if self._vad or done.is_set():
+            return None
+        sample.input_end = time.perf_counter()
+        return await self._conv.commit_audio(turn_id=turn_id)
 
-    async def _collect(self, sample: TurnSample, expected: str | None, *, spoken: bool) -> None:
+    async def _collect(self, handle: sdk.Turn, sample: TurnSample) -> None:
         watch = FirstSegmentWatch()
-        while True:
-            arrived, event = await self._events.get()
-            if event is _EOF or isinstance(event, Exception):
-                detail = event.code().name if isinstance(event, grpc.aio.AioRpcError) else repr(event)
-                sample.error = f"STREAM_ENDED: {detail}"
-                return
-            kind = event.WhichOneof("event")
-            if expected is not None and event.turn_id and event.turn_id != expected:
-                continue  # late events of an earlier turn
-            if kind == "error":
-                if not event.turn_id and not spoken:
-                    continue  # stream-level refusals left over from an earlier spoken turn
-                if event.error.code in UNSUPPORTED_CODES and sample.kind in (SPOKEN, IMAGE) and sample.first_text is None:
-                    sample.unsupported = True
-                else:
-                    sample.error = f"{CODE_NAMES.get(event.error.code, event.error.code)}: {event.error.message}"
-                return
-            if kind == "turn_started" and expected is None:
-                expected = event.turn_id
-            elif kind == "text_delta":
-                sample.on_text(event.text_delta.text, arrived, watch)
-            elif kind == "audio":
-                sample.first_audio = sample.first_audio or arrived
-                sample.sample_rate_hz = event.audio.sample_rate_hz
-                sample.audio_chunks.append((arrived, len(event.audio.pcm) // 2))
-            elif kind == "turn_completed":
-                completed = event.turn_completed
-                sample.finished = arrived
-                sample.outcome = pb.TurnOutcome.Name(completed.outcome).removeprefix("TURN_OUTCOME_").lower()
-                sample.reply_tokens = completed.reply_tokens
-                sample.prefilled_tokens = completed.prefilled_prompt_tokens
-                sample.cached_tokens = completed.cached_prompt_tokens
-                sample.server_ttft_ms = completed.timings.ttft_ms or None
-                sample.server_ttfa_ms = completed.timings.ttfa_ms or None
-                for stage in completed.timings.stages:
+        async for event in handle.events():
+            if isinstance(event, sdk.TextDelta):
+                sample.on_text(event.text, event.received_at, watch)
+            elif isinstance(event, sdk.AudioChunk):
+                sample.first_audio = sample.first_audio or event.received_at
+                sample.sample_rate_hz = event.sample_rate_hz
+                sample.audio_chunks.append((event.received_at, len(event.pcm) // 2))
+            elif isinstance(event, sdk.TurnCompleted):
+                sample.finished = event.received_at
+                sample.outcome = event.outcome
+                sample.reply_tokens = event.reply_tokens
+                sample.prefilled_tokens = event.prefilled_prompt_tokens
+                sample.cached_tokens = event.cached_prompt_tokens
+                sample.server_ttft_ms = event.timings.ttft_ms or None
+                sample.server_ttfa_ms = event.timings.ttfa_ms or None
+                for stage in event.timings.stages:
                     sample.add_stage(stage.stage, stage.queue_ms, stage.compute_ms)
-                return
+        await handle.result()  # raises for an error or an interruption
 
 
 async def run_distributed(address: str, workload: Workload, *, api_key: str | None = None,
                           turn_timeout_s: float = 600.0) -> tuple[list[TurnSample], float]:
-    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-    # One channel per session, like independent clients (one HTTP/2 connection each).
-    channels = [grpc.aio.insecure_channel(address, options=channel_options(MAX_MESSAGE_BYTES)) for _ in workload.sessions]
+    # One client (one HTTP/2 connection) per session, like independent users.
+    drivers = [ApiSession(address, api_key, workload, script, turn_timeout_s) for script in workload.sessions]
     try:
-        drivers = [
-            ApiSession(assistant_pb2_grpc.AssistantStub(channel), metadata, workload, script, turn_timeout_s)
-            for channel, script in zip(channels, workload.sessions)
-        ]
         return await run_phases(workload, drivers)
     finally:
-        for channel in channels:
-            await channel.close()
+        for driver in drivers:
+            await driver.close()  # again for the opened ones: a no-op
