@@ -19,7 +19,8 @@ import soundfile
 
 from services.audio import metrics
 from services.audio.config import AudioSettings
-from services.audio.engine import AudioEngine, EncodeResult, EngineStoppedError
+from services.audio.encoding import EncodeResult
+from services.audio.engine import AudioEngine, EngineStoppedError
 from services.audio.events import samples_to_ms
 from services.audio.features import (
     AudioInputError,

@@ -38,11 +38,6 @@ from services.audio.vad import SileroVad, VadConfig
 from shared import engine_loop
 from shared.engine_loop import EngineLoop, LoopStats
 
-# Importable from here as before the shared types moved to services.audio.encoding.
-__all__ = [
-    "AudioEngine", "AudioEngineStats", "EncodeResult", "EncodeTiming", "EngineStoppedError", "PartialEncoding",
-]
-
 logger = logging.getLogger(__name__)
 
 

@@ -17,7 +17,7 @@ from services.audio.encoder import (
     num_encoder_frames,
     num_llm_tokens,
 )
-from services.audio.engine import PartialEncoding
+from services.audio.encoding import PartialEncoding
 from services.audio.features import AudioInputError, AudioTooShortError, compute_fbank, num_fbank_frames
 from services.audio.weights import load_audio_encoder
 from shared.checkpoint import CheckpointError

@@ -13,7 +13,7 @@ import torch
 
 from services.audio.engine import AudioEngine, EngineStoppedError
 from services.audio.features import AudioInputError, AudioTooShortError, compute_fbank
-from services.audio.stream import UtteranceReady, wait_for_utterances
+from services.audio.events import UtteranceReady, wait_for_utterances
 from services.audio.vad import VadConfig
 
 from .conftest import noise

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 
 import services.audio.clips as audio_clips
 from services.audio.config import AudioSettings
-from services.audio.server import INTERNAL_MESSAGE, AudioApp
+from services.audio.messages import INTERNAL_MESSAGE
+from services.audio.server import AudioApp
 from services.audio.stream import AudioStream, expected_llm_tokens
 from shared.grpc_server import MetricsInterceptor, channel_options
 from shared.presets import TINY

@@ -7,6 +7,15 @@ import pytest
 import soxr
 import torch
 
+from services.audio.events import (
+    DropReason,
+    SpeechStarted,
+    SpeechStopped,
+    StopReason,
+    UtteranceDropped,
+    UtteranceReady,
+    wait_for_utterances,
+)
 from services.audio.features import (
     NonFiniteAudioError,
     PcmFormatError,
@@ -16,16 +25,7 @@ from services.audio.features import (
     resample_to_model_rate,
     to_pcm16,
 )
-from services.audio.stream import (
-    DropReason,
-    SpeechStarted,
-    SpeechStopped,
-    StopReason,
-    UtteranceDropped,
-    UtteranceReady,
-    expected_llm_tokens,
-    wait_for_utterances,
-)
+from services.audio.stream import expected_llm_tokens
 from services.audio.vad import VadConfig
 
 from .conftest import noise, silence
