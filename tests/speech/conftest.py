@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from services.speech.engine import SpeechEvent, StreamDoneEvent, StreamFailedEvent
+from services.speech.events import SpeechEvent, StreamDoneEvent, StreamFailedEvent
 from services.speech.weights import SpeechModels, load_speech_models
 from shared.presets import TINY
 from shared.tokenizer import QwenTokenizer
