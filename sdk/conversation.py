@@ -9,7 +9,6 @@ cut half-way would break the stream); the optional playback clock reports the si
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import AsyncIterator, Iterable
 
 import grpc
 
-from sdk.errors import ConversationClosed, TurnFailed
+from sdk.errors import ConversationClosed
 from sdk.events import (
     AudioChunk,
     Event,
@@ -25,14 +24,13 @@ from sdk.events import (
     Ready,
     Reconnected,
     StreamEnded,
-    TurnError,
-    TurnInterrupted,
-    TurnStarted,
     from_proto,
 )
+from sdk.inbox import EventInbox
 from sdk.media import AudioFormat, Media, media_to_proto
 from sdk.playback import REPORT_INTERVAL_S, SimulatedPlayback
 from sdk.reconnect import RETRIABLE, ReconnectPolicy
+from sdk.routing import TurnRouter
 from sdk.turn import Turn, TurnResult
 from vita.assistant.v1 import assistant_pb2 as pb
 from vita.assistant.v1 import assistant_pb2_grpc
@@ -41,9 +39,6 @@ log = logging.getLogger(__name__)
 
 # A server that accepted the connection but sends no Ready within this is treated as down.
 READY_TIMEOUT_S = 15.0
-# Events nobody has read yet: past this the oldest are dropped (and counted), so a caller that only
-# uses `ask()` never stalls the stream.
-MAX_BUFFERED_EVENTS = 10_000
 _WRITE_FAILURES = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
 
 
@@ -71,7 +66,6 @@ class Conversation:
         self.session_id = session_id
         self.audio = audio
         self.ready: Ready | None = None  # the latest stream's Ready
-        self.dropped_events = 0
         self._stub = stub
         self._metadata = metadata
         self._policy = reconnect
@@ -79,15 +73,12 @@ class Conversation:
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()
         self._closing = False
-        self._turns: dict[str, Turn] = {}
-        self._commits: list[Turn] = []  # commit handles whose turn has not started yet
-        self._turn_waiters: list[asyncio.Future] = []  # next_turn() callers
-        self._inbox: collections.deque[Event] = collections.deque()
-        self._inbox_grew = asyncio.Event()
+        self._inbox = EventInbox(session_id)
+        self._playback = SimulatedPlayback() if simulate_playback else None
+        self._router = TurnRouter(self._inbox.put, self.cancel, self._on_turn_end)
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._pending: set[asyncio.Future] = set()
         self._dropped_audio_ms = 0.0
-        self._playback = SimulatedPlayback() if simulate_playback else None
         self._tasks: list[asyncio.Task] = []
 
     # ----- lifecycle ------------------------------------------------------------------------------
@@ -127,6 +118,11 @@ class Conversation:
         return self._connected.is_set()
 
     @property
+    def dropped_events(self) -> int:
+        """Events dropped because events() was not read (see EventInbox)."""
+        return self._inbox.dropped
+
+    @property
     def call(self):
         """The current grpc.aio call (low level; it changes after a reconnect)."""
         return self._call
@@ -147,7 +143,7 @@ class Conversation:
             message.seed = seed
         if max_reply_tokens is not None:
             message.max_reply_tokens = max_reply_tokens
-        turn = self._claim(message.turn_id)
+        turn = self._router.claim(message.turn_id)
         await self._send(pb.ClientEvent(turn=message), turn=turn)
         return turn
 
@@ -163,8 +159,7 @@ class Conversation:
         turn (the handle then only ends by its timeout); a commit while the stream is down is dropped and
         its turn interrupted, as the audio before it went with the old stream."""
         commit = pb.AudioCommit(turn_id=turn_id or _new_turn_id(), media=media_to_proto(media))
-        turn = self._claim(commit.turn_id)
-        self._commits.append(turn)
+        turn = self._router.claim(commit.turn_id, commit=True)
         await self._send(pb.ClientEvent(audio_commit=commit), droppable=True, turn=turn)
         return turn
 
@@ -172,13 +167,7 @@ class Conversation:
         """The handle of the next turn the server starts by itself (server VAD found the end of an
         utterance), from its TurnStarted on. A stream-level error while waiting (audio refused) raises
         TurnFailed."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._turn_waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(waiter, timeout)
-        finally:
-            if waiter in self._turn_waiters:
-                self._turn_waiters.remove(waiter)
+        return await self._router.next_turn(timeout)
 
     async def send_camera_frame(self, jpeg: bytes, timestamp_ms: int | None = None) -> bool:
         stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
@@ -187,7 +176,7 @@ class Conversation:
     async def cancel(self, turn_id: str = "") -> None:
         """Stops the turn (the running one if no id); with the simulated player, its position goes first."""
         if self._playback is not None:
-            for running in ([turn_id] if turn_id else list(self._turns)):
+            for running in ([turn_id] if turn_id else list(self._router.turns)):
                 played = self._playback.stop(running, time.perf_counter())
                 if played is not None:
                     await self.report_playback(running, played)
@@ -202,10 +191,6 @@ class Conversation:
     async def send_event(self, event: pb.ClientEvent) -> bool:
         """Low level: any client event, as is (no turn tracking)."""
         return await self._send(event, droppable=event.WhichOneof("event") != "turn")
-
-    def _claim(self, turn_id: str) -> Turn:
-        turn = self._turns[turn_id] = Turn(turn_id, self.cancel, claimed=True)
-        return turn
 
     async def _send(self, event: pb.ClientEvent, *, droppable: bool = False, turn: Turn | None = None,
                     audio_ms: float = 0.0) -> bool:
@@ -244,19 +229,17 @@ class Conversation:
     def _drop(self, item: _Outgoing, reason: str) -> None:
         self._dropped_audio_ms += item.audio_ms
         if item.turn is not None:
-            self._interrupt(item.turn, reason)
+            self._router.interrupt(item.turn, reason)
         _resolve(item.sent, False)
 
     # ----- receiving ------------------------------------------------------------------------------
 
     async def next_event(self, timeout: float | None = None) -> Event:
         """The next event not claimed by a turn handle; ConversationClosed once StreamEnded was read."""
-        while not self._inbox:
-            if self._ended.is_set():
-                raise ConversationClosed(None, "the conversation is closed")
-            self._inbox_grew.clear()
-            await asyncio.wait_for(self._inbox_grew.wait(), timeout)
-        return self._inbox.popleft()
+        if not self._inbox and self._ended.is_set():
+            raise ConversationClosed(None, "the conversation is closed")
+        await self._inbox.wait(timeout)
+        return self._inbox.pop()
 
     async def events(self) -> AsyncIterator[Event]:
         """Events not claimed by a turn handle (spoken turns the server started, stream-level errors,
@@ -270,70 +253,17 @@ class Conversation:
             if isinstance(event, StreamEnded):
                 return
 
-    def _deliver(self, event: Event) -> None:
-        if len(self._inbox) >= MAX_BUFFERED_EVENTS:
-            self._inbox.popleft()
-            self.dropped_events += 1
-            if self.dropped_events == 1:
-                log.warning("session %s: events are not read; dropping the oldest", self.session_id)
-        self._inbox.append(event)
-        self._inbox_grew.set()
-
     def _route(self, event: Event) -> None:
         if self._playback is not None:
             if isinstance(event, AudioChunk):
                 self._playback.on_audio(event.turn_id, event.duration_ms, event.received_at)
             elif isinstance(event, PlaybackFlush):
                 self._report_stop(event.turn_id, event.received_at)
-        turn = self._turns.get(event.turn_id) if event.turn_id else None
-        if turn is None and isinstance(event, TurnStarted):
-            turn = self._server_started(event)
-        if turn is None:
-            if isinstance(event, TurnError) and not event.turn_id:
-                self._fail_turn_waiters(event)
-            return self._deliver(event)
-        turn._add(event)
-        if turn.done:
-            self._forget(turn.turn_id)
-        if not turn.claimed:
-            self._deliver(event)
+        self._router.route(event)
 
-    def _server_started(self, event: TurnStarted) -> Turn:
-        """A turn the server started: a waiting commit handle or next_turn() caller takes it; otherwise it
-        is tracked (so that a drop can report it) and its events go to events()."""
-        pending = [c for c in self._commits if not c.done and not c.partial.events]
-        if event.input == "audio" and pending:
-            turn = pending[0]
-            self._commits.remove(turn)
-            self._turns.pop(turn.turn_id, None)
-            turn.turn_id = turn.partial.turn_id = event.turn_id
-        else:
-            turn = Turn(event.turn_id, self.cancel, claimed=bool(self._turn_waiters))
-            if self._turn_waiters:
-                _resolve(self._turn_waiters.pop(0), turn)
-        self._turns[event.turn_id] = turn
-        return turn
-
-    def _fail_turn_waiters(self, error: TurnError) -> None:
-        for waiter in self._turn_waiters:
-            if not waiter.done():
-                waiter.set_exception(TurnFailed(error.code, error.message, TurnResult("", [error])))
-        self._turn_waiters.clear()
-
-    def _forget(self, turn_id: str) -> None:
-        self._turns.pop(turn_id, None)
-        self._commits = [c for c in self._commits if c.turn_id != turn_id]
+    def _on_turn_end(self, turn_id: str) -> None:
         if self._playback is not None:
             self._playback.on_turn_end(turn_id)
-
-    def _interrupt(self, turn: Turn, reason: str) -> None:
-        partial = turn.partial
-        event = TurnInterrupted(turn_id=turn.turn_id, reason=reason, received_text=partial.text,
-                                received_audio_ms=partial.audio_ms)
-        turn._add(event)
-        if not turn.claimed:
-            self._deliver(event)
-        self._forget(turn.turn_id)
 
     # ----- the link: read, and reconnect after a drop ----------------------------------------------
 
@@ -362,8 +292,7 @@ class Conversation:
                 return self._end(grpc.StatusCode.CANCELLED, "the call was cancelled by this client")
             dropped_at = time.monotonic()
             self._connected.clear()
-            for turn in list(self._turns.values()):
-                self._interrupt(turn, f"the stream dropped ({code.name}: {details})")
+            self._router.interrupt_all(f"the stream dropped ({code.name}: {details})")
             if self._policy is None or code not in RETRIABLE:
                 return self._end(code, details)
             if not await self._reconnect(code, details, dropped_at):
@@ -400,7 +329,7 @@ class Conversation:
                 continue
             dropped, self._dropped_audio_ms = self._dropped_audio_ms, 0.0
             log.info("session %s: stream reopened after %d attempt(s)", self.session_id, attempt)
-            self._deliver(Reconnected(attempts=attempt, downtime_s=time.monotonic() - dropped_at,
+            self._inbox.put(Reconnected(attempts=attempt, downtime_s=time.monotonic() - dropped_at,
                                       session=ready.session, dropped_audio_ms=dropped))
             return True
         self._end(code, f"gave up reconnecting after {self._policy.give_up_after_s:.0f} s: {details}")
@@ -410,18 +339,14 @@ class Conversation:
         if self._ended.is_set():
             return
         self._connected.clear()
-        for turn in list(self._turns.values()):
-            self._interrupt(turn, details)
+        self._router.end(code, details)
         self._ended.set()
-        for waiter in self._turn_waiters:
-            if not waiter.done():
-                waiter.set_exception(ConversationClosed(code, details))
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
         for sent in list(self._pending):
             _resolve(sent, False)
-        self._deliver(StreamEnded(code=code, details=details))
+        self._inbox.put(StreamEnded(code=code, details=details))
 
     # ----- simulated playback ---------------------------------------------------------------------
 

@@ -6,16 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
+import pytest
 
 import sdk
 from sdk.playback import SimulatedPlayback
-from vita.assistant.v1 import assistant_pb2 as pb
-from vita.assistant.v1 import assistant_pb2_grpc
-
-RATE_HZ = 24000
-CHUNK_MS = 100
-CHUNKS = 10  # one second of reply audio, sent at once
+from tests.sdk.scripted_server import CHUNK_MS, CHUNKS, ScriptedServer
 
 
 def test_simulated_playback_plays_in_real_time_and_stalls_when_it_runs_out():
@@ -33,71 +28,16 @@ def test_simulated_playback_plays_in_real_time_and_stalls_when_it_runs_out():
     assert player.stop("u", now=20.25) == 250 and player.position("u", now=21.0) is None
 
 
-class ScriptedAssistant(assistant_pb2_grpc.AssistantServicer):
-    """A Converse that answers every turn with one second of silence, sent at once, and completes it
-    unless the client cancels first; it records the client's events with their arrival times."""
-
-    def __init__(self):
-        self.received: list[tuple[float, pb.ClientEvent]] = []
-
-    async def Converse(self, request_iterator, context):
-        start = await anext(request_iterator)
-        yield pb.ServerEvent(session_id=start.start.session_id, ready=pb.Ready(weights="scripted"))
-        outbound: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.create_task(self._read(request_iterator, outbound))
-        try:
-            while (event := await outbound.get()) is not None:
-                yield event
-        finally:
-            reader.cancel()
-
-    async def _read(self, request_iterator, outbound: asyncio.Queue) -> None:
-        async for event in request_iterator:
-            self.received.append((time.perf_counter(), event))
-            kind = event.WhichOneof("event")
-            if kind == "turn":
-                turn_id = event.turn.turn_id
-                outbound.put_nowait(pb.ServerEvent(turn_id=turn_id, turn_started=pb.TurnStarted(input="text")))
-                outbound.put_nowait(pb.ServerEvent(turn_id=turn_id, text_delta=pb.TextDelta(text="hm")))
-                for index in range(CHUNKS):
-                    pcm = b"\x00\x00" * (RATE_HZ * CHUNK_MS // 1000)
-                    outbound.put_nowait(pb.ServerEvent(turn_id=turn_id, audio=pb.AudioOut(pcm=pcm, sample_rate_hz=RATE_HZ)))
-            elif kind == "cancel":
-                turn_id = event.cancel.turn_id
-                flush = pb.ServerEvent(turn_id=turn_id)
-                flush.playback_flush.SetInParent()
-                outbound.put_nowait(flush)
-                done = pb.ServerEvent(turn_id=turn_id)
-                done.turn_completed.reply_text = "hm"
-                outbound.put_nowait(done)
-
-    def positions(self) -> list[tuple[float, str, int]]:
-        return [(at, e.playback.turn_id, e.playback.played_ms) for at, e in self.received if e.WhichOneof("event") == "playback"]
-
-
-async def _scripted_server():
-    servicer = ScriptedAssistant()
-    server = grpc.aio.server()
-    assistant_pb2_grpc.add_AssistantServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, servicer, f"127.0.0.1:{port}"
-
-
 async def test_the_simulated_player_reports_its_position_while_it_plays():
-    server, servicer, address = await _scripted_server()
-    try:
-        async with sdk.AsyncClient(address) as client:
-            async with client.conversation("s1", simulate_playback=True) as conv:
-                turn = await conv.send_text("Hi")
-                started = time.perf_counter()
-                async for event in turn.events():
-                    if isinstance(event, sdk.AudioChunk):
-                        break
-                await asyncio.sleep(1.4)
-                positions = [p for p in servicer.positions() if p[1] == turn.turn_id]
-    finally:
-        await server.stop(None)
+    async with ScriptedServer() as server, sdk.AsyncClient(server.address) as client:
+        async with client.conversation("s1", simulate_playback=True) as conv:
+            turn = await conv.send_text("Hi")
+            started = time.perf_counter()
+            async for event in turn.events():
+                if isinstance(event, sdk.AudioChunk):
+                    break
+            await asyncio.sleep(1.4)
+            positions = [p for p in server.assistant.positions() if p[1] == turn.turn_id]
     played = [ms for _, _, ms in positions]
     # About five reports a second, rising with the clock, up to the second of audio received.
     assert 4 <= len(played) <= 9 and played == sorted(played) and played[-1] == CHUNKS * CHUNK_MS
@@ -106,23 +46,54 @@ async def test_the_simulated_player_reports_its_position_while_it_plays():
 
 
 async def test_a_cancel_reports_the_position_first_and_then_stops_reporting():
-    server, servicer, address = await _scripted_server()
-    try:
-        async with sdk.AsyncClient(address) as client:
-            async with client.conversation("s1", simulate_playback=True) as conv:
-                turn = await conv.send_text("Hi")
-                async for event in turn.events():
-                    if isinstance(event, sdk.AudioChunk):
-                        break
-                await asyncio.sleep(0.3)
-                await turn.cancel()
-                await conv.report_playback(turn.turn_id, 123)  # a client's own report goes through as is
-                await asyncio.sleep(0.5)
-    finally:
-        await server.stop(None)
-    kinds = [e.WhichOneof("event") for _, e in servicer.received]
+    async with ScriptedServer() as server, sdk.AsyncClient(server.address) as client:
+        async with client.conversation("s1", simulate_playback=True) as conv:
+            turn = await conv.send_text("long")
+            async for event in turn.events():
+                if isinstance(event, sdk.AudioChunk):
+                    break
+            await asyncio.sleep(0.3)
+            await turn.cancel()
+            await conv.report_playback(turn.turn_id, 123)  # a client's own report goes through as is
+            await asyncio.sleep(0.5)
+        received = server.assistant.received
+    kinds = [e.WhichOneof("event") for _, e in received]
     last_position = max(i for i, kind in enumerate(kinds) if kind == "playback" and i < kinds.index("cancel"))
-    stopped_at = servicer.received[last_position][1].playback.played_ms
+    stopped_at = received[last_position][1].playback.played_ms
     assert 250 <= stopped_at < CHUNKS * CHUNK_MS  # the player had played ~0.3 s when the user cancelled
-    after = [e.playback.played_ms for _, e in servicer.received[kinds.index("cancel"):] if e.WhichOneof("event") == "playback"]
+    after = [e.playback.played_ms for _, e in received[kinds.index("cancel"):] if e.WhichOneof("event") == "playback"]
     assert after == [123]  # the clock stopped for that turn
+
+
+async def test_the_orchestrator_keeps_the_reply_up_to_the_reported_position(stack):
+    async with sdk.AsyncClient(stack.address) as client:
+        async with await client.start(sdk.SessionConfig(seed=9, max_reply_tokens=400)) as conv:
+            turn = await conv.send_text("Talk for a long time")
+            async for event in turn.events():
+                if isinstance(event, sdk.AudioChunk):
+                    break
+            # A client whose player has not started yet: nothing of the reply was heard.
+            assert await conv.report_playback(turn.turn_id, 0)
+            await turn.cancel()
+            result = await turn.result(timeout=60)
+            stored = (await client.get_session(conv.session_id)).history[-1]
+    assert result.text and result.outcome == "cancelled"
+    assert result.completed.reply_text == stored.reply_text == ""
+
+
+async def test_the_simulated_player_reports_reach_the_orchestrator(stack):
+    async with sdk.AsyncClient(stack.address) as client:
+        config = sdk.SessionConfig(seed=9, max_reply_tokens=400)
+        async with await client.start(config, simulate_playback=True) as conv:
+            turn = await conv.send_text("Talk for a long time")
+            async for event in turn.events():
+                if isinstance(event, sdk.AudioChunk):
+                    break
+            await asyncio.sleep(0.5)
+            await turn.cancel()
+            result = await turn.result(timeout=60)
+            with pytest.raises(TimeoutError):
+                await conv.next_event(timeout=0.5)  # no report was refused
+    # What the simulated player played (~0.5 s) is less than what arrived: history keeps that part.
+    assert result.text.startswith(result.completed.reply_text)
+    assert len(result.completed.reply_text) < len(result.text)

@@ -49,3 +49,14 @@ def test_importing_the_sdk_does_not_import_torch():
     probe = "import sys, sdk, sdk.sync; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_sync_client_runs_a_turn(stack):
+    from sdk.sync import Client
+
+    with Client(stack.address) as client:
+        with client.start(sdk.SessionConfig(max_reply_tokens=4, speech_output=False)) as conv:
+            result = conv.ask("Hi")
+        assert result.outcome == "completed" and result.text == result.completed.reply_text
+        assert [t.turn_id for t in client.get_session(conv.session_id).history] == [result.turn_id]
+        client.delete_session(conv.session_id)
