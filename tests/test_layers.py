@@ -28,8 +28,10 @@ MODEL_LIBRARIES = (
 )
 # What "knowing gRPC" means for model code: the runtime, its add-ons, and the generated messages.
 GRPC = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "vita", "google.protobuf")
-# In a model service, only these modules speak the wire: the servicer and the entry point that serves it.
+# In a model service, only these modules speak the wire: the servicer, the entry point that serves it, and
+# the service's `rpc` package (handlers split out of a large servicer).
 WIRE_MODULES = ("server", "__main__")
+WIRE_PACKAGE = "rpc"
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,15 @@ def another_service(importer: str, imported: str) -> bool:
 
 
 def model_code(module: str) -> bool:
-    """Every module of a model service except its servicer and entry point (and the package files)."""
+    """Every module of a model service except its servicer, entry point and `rpc` package (and the package
+    files)."""
     service = service_of(module)
+    parts = module.split(".")
     return (
         service not in (None, "orchestrator")
-        and module.count(".") >= 2
-        and module.split(".")[-1] not in WIRE_MODULES
+        and len(parts) >= 3
+        and parts[-1] not in WIRE_MODULES
+        and parts[2] != WIRE_PACKAGE
     )
 
 

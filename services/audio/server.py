@@ -1,5 +1,5 @@
 """gRPC servicer of the audio service: PCM streams in → VAD events and utterance embeddings out
-(services.audio.streaming); whole clips → embeddings (services.audio.clips). Protobuf ↔ the stream and
+(services.audio.rpc.streaming); whole clips → embeddings (services.audio.rpc.clips). Protobuf ↔ the stream and
 engine only; no model code here.
 
 Status codes: bad input INVALID_ARGUMENT; too many open streams RESOURCE_EXHAUSTED
@@ -13,12 +13,12 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 from services.audio import metrics
-from services.audio.clips import EncodeClipHandler
+from services.audio.rpc.clips import EncodeClipHandler
 from services.audio.config import AudioSettings
 from services.audio.encoder import LLM_TOKEN_RATE_HZ
 from services.audio.engine import AudioEngine
-from services.audio.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE
-from services.audio.streaming import StreamAudioHandler
+from services.audio.rpc.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE
+from services.audio.rpc.streaming import StreamAudioHandler
 from services.audio.weights import load_audio_encoder
 from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset

@@ -18,9 +18,9 @@ import soxr
 import torch
 from prometheus_client import REGISTRY
 
-import services.audio.clips as audio_clips
+import services.audio.rpc.clips as audio_clips
 from services.audio.config import AudioSettings
-from services.audio.messages import INTERNAL_MESSAGE
+from services.audio.rpc.messages import INTERNAL_MESSAGE
 from services.audio.server import AudioApp
 from services.audio.stream import AudioStream, expected_llm_tokens
 from shared.grpc_server import MetricsInterceptor, channel_options

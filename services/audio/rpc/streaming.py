@@ -36,10 +36,10 @@ from services.audio.config import AudioSettings
 from services.audio.engine import AudioEngine, EngineStoppedError
 from services.audio.events import AudioEvent, SpeechStopped, UtteranceDropped
 from services.audio.features import AudioInputError
-from services.audio.futures import awaitable
-from services.audio.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, event_message, utterance_message
+from services.audio.rpc.futures import awaitable
+from services.audio.rpc.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, event_message, utterance_message
 from services.audio.stream import AudioStream
-from services.audio.validation import RequestRejected, sample_rate, stream_encoding, vad_config
+from services.audio.rpc.validation import RequestRejected, sample_rate, stream_encoding, vad_config
 from vita.audio.v1 import audio_pb2
 
 log = logging.getLogger(__name__)

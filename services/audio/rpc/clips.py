@@ -30,10 +30,10 @@ from services.audio.features import (
     decode_pcm,
     resample_to_model_rate,
 )
-from services.audio.futures import awaitable
-from services.audio.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, pcm16_bytes, stage_timing
+from services.audio.rpc.futures import awaitable
+from services.audio.rpc.messages import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, pcm16_bytes, stage_timing
 from services.audio.stream import MIN_ENCODABLE_SAMPLES
-from services.audio.validation import RequestRejected, sample_rate, stream_encoding
+from services.audio.rpc.validation import RequestRejected, sample_rate, stream_encoding
 from shared.settings import MiB
 from shared.tensors import to_proto
 from vita.audio.v1 import audio_pb2
