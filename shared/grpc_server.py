@@ -37,6 +37,10 @@ READY_PREFIX = "VITA_READY "
 # (GOAWAY; gRPC adds ±10% jitter) makes them re-resolve. Calls in flight are not cut: the grace period is
 # left unbounded, so a long Converse stream finishes on its old connection.
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# Clients ping every 30 s (channel_options) to keep idle streams open; a gRPC server answers pings that
+# come more often than every 5 min without data with GOAWAY "too_many_pings", which ends every stream on
+# the connection. Accept pings down to this interval.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
 class ServiceApp(Protocol):
@@ -182,7 +186,11 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
     # Tracing (VITA_OTLP_ENDPOINT; off by default): a span per RPC, parented by the caller's context.
     tracer_provider = tracing.setup(app.name, settings)
     server = grpc.aio.server(
-        options=[*channel_options(settings.max_message_bytes), ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS)],
+        options=[
+            *channel_options(settings.max_message_bytes),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ],
         interceptors=[*tracing.server_interceptors(), MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
     )
     service_names = app.register(server)
