@@ -196,6 +196,8 @@ class Conversation:
                     audio_ms: float = 0.0) -> bool:
         if self._ended.is_set() or self._closing:
             raise ConversationClosed(None, "the conversation is closed")
+        if not self._tasks:
+            raise RuntimeError("the conversation is not open: `async with` it, or `await conv.open()` first")
         item = _Outgoing(event, droppable, turn, audio_ms)
         self._pending.add(item.sent)
         self._outbox.put_nowait(item)

@@ -36,8 +36,12 @@ class Client:
     def __init__(self, address: str, **options):
         self._loop = _Loop()
         self._client = self._loop.run(_make_client(address, options))
+        self._conversations: list[SyncConversation] = []
 
     def close(self) -> None:
+        """Closes the conversations still open, then the channel and the loop."""
+        for conversation in self._conversations:
+            conversation.close()
         self._loop.run(self._client.close())
         self._loop.stop()
 
@@ -57,10 +61,15 @@ class Client:
         self._loop.run(self._client.delete_session(session_id))
 
     def resume(self, session_id: str, **options) -> "SyncConversation":
-        return SyncConversation(self._loop, self._loop.run(self._client.resume(session_id, **options)))
+        return self._keep(self._loop.run(self._client.resume(session_id, **options)))
 
     def start(self, config: SessionConfig | None = None, **options) -> "SyncConversation":
-        return SyncConversation(self._loop, self._loop.run(self._client.start(config, **options)))
+        return self._keep(self._loop.run(self._client.start(config, **options)))
+
+    def _keep(self, conversation: Conversation) -> "SyncConversation":
+        kept = SyncConversation(self._loop, conversation)
+        self._conversations.append(kept)
+        return kept
 
 
 class SyncConversation:
