@@ -85,7 +85,7 @@ def _files(root: Path, lines: list[str]) -> tuple[dict | None, ShardedSafetensor
     if isinstance(config, dict) and config.get(SYNTHETIC_MARKER):
         lines.append(f"  SYNTHETIC checkpoint (vita checkpoint synth): {config[SYNTHETIC_MARKER]}")
     for name in layout.TOKENIZER_FILES:
-        lines.append(f"  {name:<28} {'present' if (root / name).is_file() else 'MISSING'}")
+        lines.append(f"  {name:<28} {'present' if (root / name).is_file() else 'absent'}")
     shards = _try(lines, "safetensors", lambda: ShardedSafetensors(root))
     if shards is not None:
         lines.append(f"  {shards.index_path.name:<28} {len(shards.keys())} tensors in {len(shards.files())} file(s)")
@@ -139,6 +139,27 @@ def _unused_summary(unused: list[TensorInfo]) -> str:
     return ", ".join(f"{group} ({count})" for group, count in counts.items())
 
 
+def _embedding_rows(root: Path, service: str, plan: ServicePlan) -> int | None:
+    """The embedding rows the service checks its tokenizer against: the LLM's config vocab_size, the speech
+    service's the rows of the shared embed_tokens table it maps."""
+    if service == "llm":
+        return plan.dims["llm"].vocab_size
+    if service == "speech":
+        key = layout.EMBED_TOKENS_KEY
+        return ShardedSafetensors(root).infos([key])[key].shape[0]
+    return None
+
+
+def _tokenizer(root: Path, service: str, plan: ServicePlan) -> str | None:
+    """The tokenizer line of a service that loads one, by the very function that service loads it with;
+    raises the CheckpointError it would stop with."""
+    if service not in ("llm", "speech"):
+        return None
+    tokenizer = layout.checkpoint_tokenizer(root, embedding_rows=_embedding_rows(root, service, plan))
+    files = " + ".join(path.name for path in layout.tokenizer_files(root))
+    return f"tokenizer: {tokenizer.vocab_size} tokens from {files}"
+
+
 def _services(root: Path, lines: list[str]) -> bool:
     from services.audio.checkpoint import check_audio_checkpoint
     from services.llm.checkpoint import check_llm_checkpoint
@@ -150,6 +171,7 @@ def _services(root: Path, lines: list[str]) -> bool:
         name = check.__name__.removeprefix("check_").removesuffix("_checkpoint")
         try:
             plan: ServicePlan = check(root)
+            tokenizer_line = _tokenizer(root, name, plan)
         except CheckpointError as err:
             all_ok = False
             lines.append(f"  {name:<7} CANNOT SERVE: {err}")
@@ -159,6 +181,8 @@ def _services(root: Path, lines: list[str]) -> bool:
         for module, dims in plan.dims.items():
             values = ", ".join(f"{k}={v}" for k, v in asdict(dims).items())
             lines.append(f"          {module}: {values}")
+        if tokenizer_line:
+            lines.append(f"          {tokenizer_line}")
         if plan.unused:
             lines.append(f"          known-unused, not loaded: {_unused_summary(plan.unused)}")
         for note in plan.notes:

@@ -74,10 +74,19 @@ def vita_config(root: Path) -> dict[str, Any]:
     return config
 
 
-def tokenizer_dir(root: Path) -> Path:
-    if not (root / TOKENIZER_FILE).is_file():
-        raise CheckpointError(root / TOKENIZER_FILE, None, "tokenizer file not found (the tokenizer comes from the checkpoint)")
-    return root
+def tokenizer_files(root: Path) -> tuple[Path, ...]:
+    """The tokenizer files the services load: tokenizer.json, else vocab.json + merges.txt +
+    tokenizer_config.json (the slow form that Qwen2 releases also carry)."""
+    from shared.tokenizer import tokenizer_files as find_files
+
+    try:
+        return find_files(root)
+    except FileNotFoundError:
+        raise CheckpointError(
+            root / TOKENIZER_FILE, None,
+            "tokenizer not found (the tokenizer comes from the checkpoint): needs tokenizer.json, or vocab.json + "
+            "merges.txt + tokenizer_config.json",
+        ) from None
 
 
 def tts_dir(root: Path) -> Path:
@@ -115,14 +124,17 @@ def audio_dir(root: Path, config: dict[str, Any]) -> Path:
 
 
 def checkpoint_tokenizer(root: Path, embedding_rows: int | None = None):
-    """The checkpoint's own tokenizer (tokenizer.json); every id it can produce must have an embedding row."""
-    from shared.tokenizer import QwenTokenizer
+    """The checkpoint's own tokenizer, in either form (`tokenizer_files`); every id it can produce must have
+    an embedding row. The services load it with this function, and `vita checkpoint inspect` checks with it."""
+    from shared.tokenizer import QwenTokenizer, load_tokenizer
 
-    path = tokenizer_dir(Path(root)) / TOKENIZER_FILE
+    root = Path(root)
+    files = tokenizer_files(root)
+    path, what = (files[0], "is") if len(files) == 1 else (root, f"{' + '.join(f.name for f in files)} are")
     try:
-        tokenizer = QwenTokenizer(path)
+        tokenizer = QwenTokenizer(load_tokenizer(root))
     except Exception as err:  # tokenizers raises its own Exception type for unreadable files
-        raise CheckpointError(path, None, f"is not a usable Qwen tokenizer ({err})") from None
+        raise CheckpointError(path, None, f"{what} not a usable Qwen tokenizer ({err})") from None
     if embedding_rows is not None and tokenizer.vocab_size > embedding_rows:
         raise CheckpointError(
             path, None, f"has {tokenizer.vocab_size} tokens but the embedding table has {embedding_rows} rows"
