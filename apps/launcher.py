@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared import tls
 from shared.grpc_server import READY_PREFIX
 from apps.redis_server import LocalRedis
 
@@ -29,6 +30,8 @@ class ServiceProcess:
     process: subprocess.Popen
     address: str = ""
     metrics_port: int = -1
+    # TLS credentials to ask its health with (shared.tls.probe_credentials); None = plaintext.
+    credentials: grpc.ChannelCredentials | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def _watch_stdout(self) -> None:
@@ -45,7 +48,7 @@ class ServiceProcess:
             code = self.process.poll()
             state = f"exited with code {code}" if code is not None else f"not ready after {timeout_s:.0f} s"
             raise RuntimeError(f"service {self.name} {state}; see its log")
-        check_serving(self.address, timeout_s)
+        check_serving(self.address, timeout_s, self.credentials)
 
     def stop(self, timeout_s: float) -> None:
         if self.process.poll() is None:
@@ -57,10 +60,11 @@ class ServiceProcess:
             self.process.wait()
 
 
-def check_serving(address: str, timeout_s: float) -> None:
+def check_serving(address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None) -> None:
     """Asks gRPC health until it says SERVING."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -137,7 +141,7 @@ class Stack:
         )
         if stderr is not None:
             stderr.close()
-        service = ServiceProcess(name, process)
+        service = ServiceProcess(name, process, credentials=tls.probe_credentials(env))
         threading.Thread(target=service._watch_stdout, name=f"{name}-stdout", daemon=True).start()
         return service
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from shared.grpc_server import channel_options
+from shared.tls import credentials_from_files
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -20,6 +23,13 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None = Non
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)
+
+
+def tls_credentials(ca: str | Path | None = None, cert: str | Path | None = None,
+                    key: str | Path | None = None) -> grpc.ChannelCredentials:
+    """TLS to the orchestrator: `ca` (PEM) verifies its certificate (None = the system's roots); `cert` and
+    `key` are a client certificate, for a server that requires one. Pass it as `AsyncClient(credentials=...)`."""
+    return credentials_from_files(Path(ca) if ca else None, Path(cert) if cert else None, Path(key) if key else None)
 
 
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,10 @@ def grpc_target(address: str) -> str:
     return address
 
 
-def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+def open_channel(
+    address: str, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """`credentials` (shared.tls.channel_credentials): TLS, or mTLS with a client certificate; None = plaintext."""
     options = [
         *channel_options(max_message_bytes),
         ("grpc.lb_policy_name", "round_robin"),
@@ -29,6 +32,7 @@ def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     # Tracing on: each call carries the caller's trace context in its metadata (shared.tracing).
-    return grpc.aio.insecure_channel(
-        grpc_target(address), options=options, interceptors=tracing.client_interceptors() or None
-    )
+    interceptors = tracing.client_interceptors() or None
+    if credentials is not None:
+        return grpc.aio.secure_channel(grpc_target(address), credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(grpc_target(address), options=options, interceptors=interceptors)

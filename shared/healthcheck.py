@@ -14,10 +14,15 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared import tls
+from shared.settings import ServiceSettings
 
-def check(address: str, service: str = "", timeout_s: float = 3.0) -> str:
-    """The status name (SERVING, NOT_SERVING, ...), or the gRPC error code name if the call failed."""
-    with grpc.insecure_channel(address) as channel:
+
+def check(address: str, service: str = "", timeout_s: float = 3.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """The status name (SERVING, NOT_SERVING, ...), or the gRPC error code name if the call failed.
+    `credentials`: for a server with TLS (shared.tls); None = plaintext."""
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -33,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", default="", help="a service name; empty = the whole server")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
     args = parser.parse_args(argv)
-    status = check(args.address, args.service, args.timeout)
+    # In a container with VITA_TLS_* set, the service serves TLS: ask with the credentials its channels use.
+    status = check(args.address, args.service, args.timeout, tls.channel_credentials(ServiceSettings()))
     print(f"{args.address}: {status}")
     return 0 if status == "SERVING" else 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -44,6 +45,31 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Set by the local launcher (`vita up`): the service exits when that process dies.
     parent_pid: int = 0
+    # HTTP/2 keepalive of every channel and server (shared/keepalive.py): clients ping idle connections
+    # this often (ms) and servers accept pings down to a third of it. Set it the same on every process.
+    keepalive_time_ms: int = 30_000
+    # A ping not answered in this long (ms) closes the connection.
+    keepalive_timeout_ms: int = 20_000
+    # TLS (shared/tls.py, docs/DEPLOY.md#tls), PEM files. tls_cert + tls_key: this server serves TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The internal CA: channels this process opens use TLS and verify servers against it, and with
+    # tls_client_auth this server requires client certificates it signed (mTLS).
+    tls_ca: Path | None = None
+    tls_client_auth: bool = False
+    # The client certificate this process presents on its channels; unset = tls_cert / tls_key.
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_pair_up(self) -> "ServiceSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("VITA_TLS_CERT and VITA_TLS_KEY must be set together")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("VITA_TLS_CLIENT_CERT and VITA_TLS_CLIENT_KEY must be set together")
+        if self.tls_client_auth and (self.tls_ca is None or self.tls_cert is None):
+            raise ValueError("VITA_TLS_CLIENT_AUTH needs VITA_TLS_CA (the clients' CA) and VITA_TLS_CERT/VITA_TLS_KEY")
+        return self
 
 
 def resolve_device(name: str) -> str:

@@ -20,6 +20,7 @@ from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
 from services.orchestrator.sessions import SessionNotFound, SessionStore
+from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
 from shared.session_settings import describe
@@ -221,18 +222,20 @@ class OrchestratorApp:
         settings = self._settings
         self._store = SessionStore.from_url(settings.redis_url, settings.session_ttl_s, settings.turn_lock_ttl_s)
         await self._store.ping()
-        llm_channel = open_channel(settings.llm_address, self._common.max_message_bytes)
-        speech_channel = open_channel(settings.speech_address, self._common.max_message_bytes)
+        # TLS (mTLS with a client certificate) to the model services once VITA_TLS_CA is set.
+        internal_tls = tls.channel_credentials(self._common)
+        llm_channel = open_channel(settings.llm_address, self._common.max_message_bytes, internal_tls)
+        speech_channel = open_channel(settings.speech_address, self._common.max_message_bytes, internal_tls)
         self._channels = [llm_channel, speech_channel]
         llm = GrpcLLM(llm_channel, settings.connect_timeout_s)
         speech = GrpcSpeech(speech_channel, settings.connect_timeout_s)
         vision = audio = None
         if settings.vision_address:
-            vision_channel = open_channel(settings.vision_address, self._common.max_message_bytes)
+            vision_channel = open_channel(settings.vision_address, self._common.max_message_bytes, internal_tls)
             self._channels.append(vision_channel)
             vision = GrpcVision(vision_channel, settings.connect_timeout_s)
         if settings.audio_address:
-            audio_channel = open_channel(settings.audio_address, self._common.max_message_bytes)
+            audio_channel = open_channel(settings.audio_address, self._common.max_message_bytes, internal_tls)
             self._channels.append(audio_channel)
             audio = GrpcAudio(audio_channel, settings.connect_timeout_s)
         facts = await self._wait_for(llm)
