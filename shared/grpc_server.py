@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from shared import tracing
+from shared import tls, tracing
 from shared.checkpoint import CheckpointError
 from shared.metrics import RpcMetrics
 from shared.rpc_handlers import final_code, wrap_around
@@ -200,7 +200,7 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = tls.add_port(server, f"{settings.host}:{settings.port}", settings)  # TLS when settings name a cert
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
 
