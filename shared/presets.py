@@ -113,6 +113,14 @@ class VisionDims:
         return int(self.hidden_size / (self.downsample_ratio**2))
 
 
+# The longest visual input the model's own rules produce, in vision tiles of `VisionDims.tokens_per_tile` rows
+# each (docs/MODEL.md#vision-encoder): a video's 16 sampled frames, or an image's 12 tiles + its thumbnail.
+LONGEST_VISUAL_TILES = 16
+# Room every preset's context keeps beside that input: the system prompt and chat markers, a question, the
+# default reply (256 tokens) and at least one earlier turn of history.
+VISUAL_INPUT_HEADROOM_TOKENS = 2048
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
@@ -121,7 +129,8 @@ class ModelPreset:
     codec: CodecDims
     audio: AudioEncoderDims
     vision: VisionDims
-    # Served context limit in tokens (prompt + reply); at most llm.max_position_embeddings.
+    # Served context limit in tokens (prompt + reply); at most llm.max_position_embeddings. It holds
+    # LONGEST_VISUAL_TILES tiles plus VISUAL_INPUT_HEADROOM_TOKENS (a 60 s video is 16 × 256 = 4096 rows alone).
     max_context_tokens: int = 8192
     init_seed: int = 1234
     extras: dict[str, str] = field(default_factory=dict)
@@ -158,7 +167,7 @@ TINY = ModelPreset(
         num_heads=4,
         llm_hidden=256,
     ),
-    max_context_tokens=4096,
+    max_context_tokens=8192,
 )
 
 FULL = ModelPreset(

@@ -117,11 +117,11 @@ async def test_bad_text_inputs_get_invalid_argument_and_leave_session_unchanged(
         session_id = await client.create_session(max_reply_tokens=8)
         async with client.converse(session_id) as conv:
             empty = await conv.turn("   ")
-            too_long = await conv.turn("word " * 5000)
+            too_long = await conv.turn("word " * 9000)
             fine = await conv.turn("Hi")
         session = await client.get_session(session_id)
     assert empty.errors[0].code == INVALID_ARGUMENT and "empty" in empty.errors[0].message
-    assert too_long.errors[0].code == INVALID_ARGUMENT and "context limit of 4096 tokens" in too_long.errors[0].message
+    assert too_long.errors[0].code == INVALID_ARGUMENT and "context limit of 8192 tokens" in too_long.errors[0].message
     assert fine.completed.outcome == assistant_pb2.TURN_OUTCOME_COMPLETED
     assert [t.user_text for t in session.history] == ["Hi"]
 
