@@ -7,15 +7,19 @@ from pathlib import Path
 import grpc
 
 from shared.grpc_server import channel_options
+from shared.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from shared.keepalive import Keepalive
 from shared.tls import credentials_from_files
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None,
+                 keepalive: Keepalive = DEFAULT_KEEPALIVE) -> grpc.aio.Channel:
     options = [
-        # The servers use the same options: keepalive pings keep idle voice streams open through proxies.
-        *channel_options(MAX_MESSAGE_BYTES),
+        # Keepalive pings keep idle voice streams open through proxies. `keepalive` must match the
+        # servers' (VITA_KEEPALIVE_TIME_MS): pings faster than they accept end every stream with GOAWAY.
+        *channel_options(MAX_MESSAGE_BYTES, keepalive),
         # gRPC's default reconnect backoff grows to two minutes; a restarted orchestrator is back in seconds.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),

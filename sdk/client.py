@@ -9,6 +9,8 @@ from sdk.conversation import Conversation
 from sdk.media import AudioFormat
 from sdk.reconnect import ReconnectPolicy
 from sdk.sessions import Session, SessionConfig
+from shared.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from shared.keepalive import Keepalive
 from vita.assistant.v1 import assistant_pb2 as pb
 from vita.assistant.v1 import assistant_pb2_grpc
 
@@ -19,9 +21,11 @@ SESSION_CALL_TIMEOUT_S = 30.0
 class AsyncClient:
     """One channel (HTTP/2 connection) to an orchestrator. `async with AsyncClient("host:port") as client:`"""
 
-    def __init__(self, address: str, *, api_key: str | None = None, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, address: str, *, api_key: str | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 keepalive: Keepalive = DEFAULT_KEEPALIVE):
+        """`keepalive`: only to match a server run with a non-default VITA_KEEPALIVE_TIME_MS."""
         self.address = address
-        self._channel = open_channel(address, credentials)
+        self._channel = open_channel(address, credentials, keepalive)
         self.stub = assistant_pb2_grpc.AssistantStub(self._channel)
         self.metadata = auth_metadata(api_key)
 

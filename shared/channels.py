@@ -6,6 +6,8 @@ import grpc
 
 from shared import tracing
 from shared.grpc_server import channel_options
+from shared.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from shared.keepalive import Keepalive
 
 
 def grpc_target(address: str) -> str:
@@ -21,11 +23,16 @@ def grpc_target(address: str) -> str:
 
 
 def open_channel(
-    address: str, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None
+    address: str,
+    max_message_bytes: int,
+    credentials: grpc.ChannelCredentials | None = None,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
 ) -> grpc.aio.Channel:
-    """`credentials` (shared.tls.channel_credentials): TLS, or mTLS with a client certificate; None = plaintext."""
+    """`credentials` (shared.tls.channel_credentials): TLS, or mTLS with a client certificate; None = plaintext.
+    `keepalive`: the same as the model services' (Keepalive.from_settings): their long-lived streams
+    (the audio service's) sit idle between turns."""
     options = [
-        *channel_options(max_message_bytes),
+        *channel_options(max_message_bytes, keepalive),
         ("grpc.lb_policy_name", "round_robin"),
         # Reconnect quickly to a replica that restarts; the default backoff grows to minutes.
         ("grpc.initial_reconnect_backoff_ms", 200),

@@ -25,8 +25,10 @@ from prometheus_client import start_http_server
 
 from shared import tls, tracing
 from shared.checkpoint import CheckpointError
+from shared.keepalive import DEFAULT as DEFAULT_KEEPALIVE
+from shared.keepalive import Keepalive
 from shared.metrics import RpcMetrics
-from shared.rpc_handlers import final_code, wrap_around
+from shared.rpc_handlers import final_code, is_infrastructure, wrap_around
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,13 @@ READY_PREFIX = "VITA_READY "
 # (GOAWAY; gRPC adds ±10% jitter) makes them re-resolve. Calls in flight are not cut: the grace period is
 # left unbounded, so a long Converse stream finishes on its old connection.
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
-# Clients ping every 30 s (channel_options) to keep idle streams open; a gRPC server answers pings that
-# come more often than every 5 min without data with GOAWAY "too_many_pings", which ends every stream on
-# the connection. Accept pings down to this interval.
-MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
 
 class ServiceApp(Protocol):
+    """An app may also define `async def drain(self, timeout_s: float) -> None`: called on SIGTERM after
+    health turned NOT_SERVING and before the server stops, it refuses new work, lets the work in progress
+    finish within `timeout_s`, and stops (and cleans up after) what is still running then."""
+
     name: str
     metrics: RpcMetrics
 
@@ -104,24 +106,60 @@ class LoadingGate:
     UNAVAILABLE (retryable) instead of waiting on a half-built engine."""
 
     _loaded = False
+    _stopping = False
 
     def open(self) -> None:
         self._loaded = True
 
+    def stop_accepting(self) -> None:
+        """Shutting down: new calls get UNAVAILABLE, so clients retry on another replica or reconnect."""
+        self._stopping = True
+
     async def require_loaded(self, context) -> None:
+        if self._stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down; retry on another replica")
         if not self._loaded:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the service is still loading its models")
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int, keepalive: Keepalive = DEFAULT_KEEPALIVE) -> list[tuple[str, int]]:
+    """A client channel's options: message limits, and keepalive as the servers expect it (shared.keepalive)."""
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Keep idle streams alive through proxies; voice sessions sit idle between turns.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
+        *keepalive.client_options(),
     ]
+
+
+def server_options(max_message_bytes: int, keepalive: Keepalive) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *keepalive.server_options(),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        # gRPC turns SO_REUSEPORT on by default: a second server on a busy port then binds without an
+        # error and the kernel splits the calls between two stacks. A port in use must fail the start.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def bind(server: grpc.aio.Server, address: str, settings: ServiceSettings) -> int:
+    """Binds `address` (TLS when settings name a certificate); returns the port. A port that cannot be
+    bound (in use, or not this host's address) fails the start with one clear line."""
+    try:
+        port = tls.add_port(server, address, settings)
+    except RuntimeError:  # grpc raises on a failed bind since 1.x; older versions returned 0
+        port = 0
+    if port == 0:
+        raise PortInUse(
+            f"cannot listen on {address}: the port is in use (or the address is not this host's); "
+            "stop what holds it or choose another port"
+        )
+    return port
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -134,6 +172,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        if is_infrastructure(handler_call_details.method):
+            return handler  # probes and reflection are not the service's work (shared.rpc_handlers)
         method = handler_call_details.method.rsplit("/", 1)[-1]
         metrics = self._metrics
 
@@ -186,11 +226,7 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
     # Tracing (VITA_OTLP_ENDPOINT; off by default): a span per RPC, parented by the caller's context.
     tracer_provider = tracing.setup(app.name, settings)
     server = grpc.aio.server(
-        options=[
-            *channel_options(settings.max_message_bytes),
-            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
-        ],
+        options=server_options(settings.max_message_bytes, Keepalive.from_settings(settings)),
         interceptors=[*tracing.server_interceptors(), MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
     )
     service_names = app.register(server)
@@ -200,9 +236,11 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = tls.add_port(server, f"{settings.host}:{settings.port}", settings)  # TLS when settings name a cert
-    if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    try:
+        port = bind(server, f"{settings.host}:{settings.port}", settings)
+    except PortInUse as error:
+        log.error("%s cannot start: %s", app.name, error)
+        raise SystemExit(2) from None
 
     async def set_status(status) -> None:
         await health_servicer.set("", status)
@@ -236,8 +274,26 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
     log.info("%s draining for up to %.1f s", app.name, settings.drain_seconds)
     app.metrics.ready.set(0)
     await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(settings.drain_seconds)
+    await drain(app, server, settings.drain_seconds)
     await app.close()
     if tracer_provider is not None:
-        tracer_provider.shutdown()  # flushes the spans still batched
+        tracer_provider.shutdown()  # after the drain: the spans of the turns that just ended are flushed
     log.info("%s stopped", app.name)
+
+
+# After an app drained its own work, what is left on the server is idle streams (a Converse stream
+# between turns, a health Watch) and quick unary calls: they get this long before being cancelled.
+IDLE_STREAM_GRACE_S = 1.0
+
+
+async def drain(app: ServiceApp, server: grpc.aio.Server, drain_seconds: float) -> None:
+    """Stops in order: the app refuses new work and finishes what is running (turns, with their history
+    written), then the server stops, cancelling what still runs once the drain time is spent."""
+    started = time.monotonic()
+    app_drain = getattr(app, "drain", None)
+    if app_drain is None:
+        await server.stop(drain_seconds)
+        return
+    await app_drain(drain_seconds)
+    left = max(0.0, drain_seconds - (time.monotonic() - started))
+    await server.stop(min(left, IDLE_STREAM_GRACE_S))

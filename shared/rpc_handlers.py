@@ -1,15 +1,25 @@
 """Server interceptors' common mechanics: wrap a gRPC method handler so that code runs when each RPC
-starts and ends (all four call shapes), and read the RPC's final status code."""
+starts and ends (all four call shapes, and both ways grpc.aio lets a handler stream its responses), and
+read the RPC's final status code."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any, Callable
 
 import grpc
 
 Enter = Callable[[Any], Any]  # context → state
 Leave = Callable[[Any, Any, BaseException | None], None]  # (context, state, error or None)
+
+# Health checks (kubelet and load-balancer probes, Watch streams that last as long as a client) and
+# reflection are infrastructure, not the service's work: neither traced nor counted with its RPCs.
+INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def is_infrastructure(method: str) -> bool:
+    return method.startswith(INFRASTRUCTURE_PREFIXES)
 
 
 def final_code(context, error: BaseException | None) -> grpc.StatusCode:
@@ -41,6 +51,12 @@ def wrap_around(handler: grpc.RpcMethodHandler, enter: Enter, leave: Leave) -> g
         return wrapped
 
     def wrap_stream(behaviour):
+        # A streaming handler either yields its responses (an async generator) or writes them with
+        # `await context.write()` and returns (a coroutine: grpc's own health Watch does this). The
+        # wrapper must keep the handler's shape: iterating a coroutine fails the call with UNKNOWN.
+        if not inspect.isasyncgenfunction(behaviour):
+            return wrap_unary(behaviour)
+
         async def wrapped(request_or_iterator, context):
             state, error = enter(context), None
             try:

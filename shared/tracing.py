@@ -26,13 +26,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from shared.rpc_handlers import final_code, wrap_around
+from shared.rpc_handlers import final_code, is_infrastructure, wrap_around
 
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "vita-serve"
-# Probes and reflection would put a trace per kubelet probe next to the turns; they are not traced.
-UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Codes that are the caller's doing (or a normal stop), not a failure of the service.
 _NOT_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED}
 
@@ -141,7 +139,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(UNTRACED_PREFIXES):
+        # Probes and reflection would put a trace per kubelet probe next to the turns.
+        if handler is None or is_infrastructure(method):
             return handler
         carrier = {key: value for key, value in (handler_call_details.invocation_metadata or ())
                    if isinstance(value, str)}
@@ -202,7 +201,7 @@ class _ClientTracing:
 
     def _start(self, details: grpc.aio.ClientCallDetails):
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        if method.startswith(UNTRACED_PREFIXES):
+        if is_infrastructure(method):
             return None, details
         span = tracer().start_span(method.lstrip("/"), kind=SpanKind.CLIENT, attributes=_rpc_attributes(method))
         carrier: dict[str, str] = {}
