@@ -151,6 +151,7 @@ class _ReplyRun:
                 await self._discard(self._speech_open)
 
     async def _on_delta(self, delta: LLMDelta) -> None:
+        self._raise_if_speech_failed()
         result = self._result
         first_delta = not result.token_ids
         text = self._take_delta(delta)
@@ -161,6 +162,14 @@ class _ReplyRun:
         # Called even for an empty text (a lone state symbol) so that its id counts as delivered.
         await self._sink.text(text, delta.token_ids)
         await self._speak(self._segmenter.push(text))
+
+    def _raise_if_speech_failed(self) -> None:
+        """The audio pump ends before the reply only when the speech stream failed (its service died): end
+        the turn with that error now, instead of generating the rest of the reply for nobody and reporting
+        the failure only when the LLM is done."""
+        pump = self._audio_pump
+        if pump is not None and pump.done() and not pump.cancelled() and pump.exception() is not None:
+            raise pump.exception()
 
     async def _speak(self, segments: list[str]) -> None:
         if self._speech_open is None or self._result.suppressed:

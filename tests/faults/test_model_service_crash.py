@@ -1,0 +1,60 @@
+"""kill -9 of a model service in the middle of a turn: that turn ends with a clear status within a bound,
+nothing else crashes, the session and its history stay, and once the service is back on its port the next
+turn works."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+import sdk
+from tests.faults.processes import assert_all_serving, kill9, restart_if_dead, restart_service, stack_processes
+
+# Generous: the turn must end by this, not by a client timeout, however slow the machine.
+CLEAR_STATUS_WITHIN_S = 30.0
+# A dead dependency is UNAVAILABLE (retryable); never INTERNAL or UNKNOWN.
+CLEAR_CODES = {grpc.StatusCode.UNAVAILABLE}
+CONFIG = sdk.SessionConfig(seed=7, max_reply_tokens=6)
+LONG_REPLY_TOKENS = 2000  # still generating (LLM) and speaking (speech) when the kill lands
+
+# Which service dies, and the first event of the turn that shows it is at work on it.
+MID_TURN = {"llm": sdk.TextDelta, "speech": sdk.AudioChunk}
+
+
+async def first_of(turn: sdk.Turn, kind: type) -> None:
+    async for event in turn.events():
+        if isinstance(event, kind):
+            return
+    raise AssertionError(f"the turn ended before any {kind.__name__}")
+
+
+@pytest.mark.parametrize("name", sorted(MID_TURN))
+async def test_kill9_of_a_model_service_mid_turn_costs_only_that_turn(fault_stack, ledger, name):
+    async with sdk.AsyncClient(fault_stack.address) as client:
+        try:
+            async with await client.start(CONFIG, reconnect=None) as conv:
+                before = await conv.ask("Warm up.", timeout=60)
+                assert before.outcome == "completed"
+                turn = await conv.send_text("Tell me a very long story.", max_reply_tokens=LONG_REPLY_TOKENS)
+                await asyncio.wait_for(first_of(turn, MID_TURN[name]), 60)
+                await kill9(fault_stack.services[name])
+                ledger.injected()
+
+                with pytest.raises(sdk.TurnFailed) as failed:
+                    await turn.result(timeout=CLEAR_STATUS_WITHIN_S)
+                assert failed.value.code in CLEAR_CODES, failed.value
+                assert conv.connected  # the stream outlives the turn
+                others = [p for p in stack_processes(fault_stack) if p.name != name]
+                await assert_all_serving(*others)
+                stored = await ledger.check(client, conv.session_id, [before.turn_id])
+                assert stored[0] == before.turn_id
+
+                await restart_service(fault_stack, name)
+                after = await conv.ask("Are you back?", timeout=60)
+                assert after.outcome == "completed" and after.text
+                stored = await ledger.check(client, conv.session_id, [before.turn_id, after.turn_id])
+                assert stored[0] == before.turn_id and stored[-1] == after.turn_id
+        finally:
+            await restart_if_dead(fault_stack, name)
