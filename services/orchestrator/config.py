@@ -38,6 +38,30 @@ class OrchestratorSettings(BaseSettings):
     segment_max_chars: int = 160
     # Seconds a model call may take to connect before the turn fails with UNAVAILABLE.
     connect_timeout_s: float = 3.0
+    # Deadlines of the calls to the model services (VITA_ORCH_*). A service that hangs fails the turn with
+    # DEADLINE_EXCEEDED and a message naming the stage; the session is left as it was. A reply can be
+    # long, so its streams get no total deadline: instead one for the first answer and one for the gap
+    # between answers (the LLM's tokens, the speech service's audio while segments are owed to it).
+    # Unary control calls (Describe, ReleaseSession).
+    call_timeout_s: float = Field(10.0, gt=0)
+    # Encoding one image, video or audio clip, start to end (a 60 s video is decoded and sampled first).
+    encode_timeout_s: float = Field(60.0, gt=0)
+    # A stream's first answer: the LLM's first token (queueing + prefill of the whole prompt), the first
+    # audio of a speech segment, the answer to an audio commit.
+    first_response_timeout_s: float = Field(30.0, gt=0)
+    # Once a stream answers, the longest gap between two answers (one LLM decode step, one speech chunk),
+    # and the longest a write may wait for the service to take it (flow control against a stalled service).
+    stream_idle_timeout_s: float = Field(10.0, gt=0)
+    # A call that fails before it produced any output (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)
+    # is tried once more on another replica, when the address lists several ("h1:p1,h2:p2").
+    retry_on_other_replica: bool = True
+    # Admission control. Turns running at once on this orchestrator; one more is refused with
+    # RESOURCE_EXHAUSTED and a retry hint instead of queueing.
+    max_turns_in_flight: int = Field(64, ge=1)
+    # Per tenant (services/orchestrator/auth.py), counted in Redis so that every orchestrator replica
+    # shares the count: sessions that exist at once, and turns started per minute. 0 = no limit.
+    tenant_max_sessions: int = Field(10_000, ge=0)
+    tenant_turns_per_minute: int = Field(600, ge=0)
     # Maximum media per turn (images + videos), and encoded bytes per media item.
     max_media_per_turn: int = 4
     max_media_bytes: int = 32 * 1024 * 1024

@@ -16,6 +16,7 @@ from vita.assistant.v1 import assistant_pb2
 # google.rpc.Code values carried by Error events.
 CODES = {
     "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
     "NOT_FOUND": 5,
     "RESOURCE_EXHAUSTED": 8,
     "FAILED_PRECONDITION": 9,

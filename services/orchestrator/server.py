@@ -13,7 +13,9 @@ from services.orchestrator.auth import ApiKeys
 from services.orchestrator.backends import BackendError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.conversation import CLOSE, Conversation, ConversationDeps
+from services.orchestrator.deadlines import CallDeadlines
 from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
+from services.orchestrator.replicas import Replicas
 from services.orchestrator.media import MediaLibrary
 from services.orchestrator.outbox import outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
@@ -224,20 +226,26 @@ class OrchestratorApp:
         await self._store.ping()
         # TLS (mTLS with a client certificate) to the model services once VITA_TLS_CA is set.
         internal_tls = tls.channel_credentials(self._common)
-        llm_channel = open_channel(settings.llm_address, self._common.max_message_bytes, internal_tls)
-        speech_channel = open_channel(settings.speech_address, self._common.max_message_bytes, internal_tls)
-        self._channels = [llm_channel, speech_channel]
-        llm = GrpcLLM(llm_channel, settings.connect_timeout_s)
-        speech = GrpcSpeech(speech_channel, settings.connect_timeout_s)
+        deadlines = CallDeadlines.from_settings(settings)
+
+        def replicas(service: str, address: str) -> Replicas:
+            """One channel per listed replica (retries go to another one); see services/orchestrator/replicas.py."""
+            opened = Replicas.open(
+                service, address,
+                lambda target: open_channel(target, self._common.max_message_bytes, internal_tls),
+                retry=settings.retry_on_other_replica,
+            )
+            self._channels.extend(opened.channels)
+            return opened
+
+        self._channels = []
+        llm = GrpcLLM(replicas("llm", settings.llm_address), deadlines)
+        speech = GrpcSpeech(replicas("speech", settings.speech_address), deadlines)
         vision = audio = None
         if settings.vision_address:
-            vision_channel = open_channel(settings.vision_address, self._common.max_message_bytes, internal_tls)
-            self._channels.append(vision_channel)
-            vision = GrpcVision(vision_channel, settings.connect_timeout_s)
+            vision = GrpcVision(replicas("vision", settings.vision_address), deadlines)
         if settings.audio_address:
-            audio_channel = open_channel(settings.audio_address, self._common.max_message_bytes, internal_tls)
-            self._channels.append(audio_channel)
-            audio = GrpcAudio(audio_channel, settings.connect_timeout_s)
+            audio = GrpcAudio(replicas("audio", settings.audio_address), deadlines)
         facts = await self._wait_for(llm)
         tokenizer = await asyncio.to_thread(
             lambda: QwenTokenizer.from_dir(self._common.checkpoint) if self._common.checkpoint else QwenTokenizer.from_dir()

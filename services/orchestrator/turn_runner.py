@@ -155,6 +155,10 @@ class TurnRunner:
                 self._result = ReplyResult()
                 await self._stream(replace(request, prompt=prompt))
         except (MediaRejected, BackendError) as error:
+            if self._handle.delivery.deltas:
+                # Failed mid-reply: part of it reached the user, and history keeps that part.
+                self._handle.fail()
+                await self._record_turn()
             raise _TurnFailed(error.code, error.message) from None
 
     async def _stream(self, request: ReplyRequest) -> None:
