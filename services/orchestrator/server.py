@@ -21,7 +21,7 @@ from services.orchestrator.outbox import outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
-from services.orchestrator.sessions import SessionNotFound, SessionStore
+from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreUnavailable
 from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
@@ -133,6 +133,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
         try:
             return await self._deps.store.get(tenant, session_id)
+        except StoreUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         except SessionNotFound:
             # Another tenant's session is indistinguishable from a missing one.
             await context.abort(grpc.StatusCode.NOT_FOUND, f"session {session_id} not found")

@@ -37,11 +37,21 @@ class TurnInProgress(RuntimeError):
         self.running_turn_id = running_turn_id
 
 
+class StoreUnavailable(ConnectionError):
+    """Redis cannot be reached (down, restarting, or the network): clients get UNAVAILABLE and retry."""
+
+    def __init__(self):
+        super().__init__("the session store is unavailable; retry shortly")
+
+
 @asynccontextmanager
 async def _timed(operation: str):
     started = time.perf_counter()
     try:
         yield
+    except (redis.ConnectionError, redis.TimeoutError):
+        # Without this a Redis restart reached clients as UNKNOWN, or as a turn that never ended.
+        raise StoreUnavailable() from None
     finally:
         metrics.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
 

@@ -16,7 +16,7 @@ from services.orchestrator.outbox import Outbox, StreamSink, outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, ReplyRequest, ReplyResult
 from services.orchestrator.prompt import PromptBuilder, PromptTooLong, UserMessage
 from services.orchestrator.records import SessionRecord, TurnOutcome, TurnRecord
-from services.orchestrator.sessions import SessionNotFound, SessionStore, TurnInProgress
+from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreUnavailable, TurnInProgress
 from services.orchestrator.turn import CancelReason, TurnHandle
 from services.orchestrator.turn_input import PendingTurn
 from shared import tracing
@@ -81,10 +81,16 @@ class TurnRunner:
         except _TurnFailed as failed:
             self._handle.fail()
             final = self._outbox.error_item(self._turn_id, failed.code, failed.message)
+        except StoreUnavailable as error:
+            self._handle.fail()
+            final = self._outbox.error_item(self._turn_id, "UNAVAILABLE", str(error))
         finally:
             refresher.cancel()
             self._observe()
-            await asyncio.shield(self._deps.store.release_turn(self._tenant, self._session.session_id, self._turn_id))
+            try:
+                await asyncio.shield(self._deps.store.release_turn(self._tenant, self._session.session_id, self._turn_id))
+            except StoreUnavailable:
+                pass  # the store is down: the lock expires by its TTL
             # Last, after the lock is released: a client may start its next turn the moment it reads this.
             if final is not None:
                 self._outbox.send(final)
@@ -97,6 +103,9 @@ class TurnRunner:
         except TurnInProgress as busy:
             self._outbox.send_error(self._turn_id, "FAILED_PRECONDITION",
                                     f"turn {busy.running_turn_id} is still running on this session (another stream)")
+            return False
+        except StoreUnavailable as error:
+            self._outbox.send_error(self._turn_id, "UNAVAILABLE", str(error))
             return False
         return True
 
