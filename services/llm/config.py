@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,3 +18,8 @@ class LLMSettings(BaseSettings):
     kv_cache_max_tokens: int = 262_144
     # Served context limit (prompt + reply) in tokens; 0 = the preset's value.
     max_context_tokens: int = 0
+    # Admission control: requests that may wait for a batch slot beyond the max_batch_size running ones.
+    # One more is refused with RESOURCE_EXHAUSTED and a `retry-after-ms` of busy_retry_after_ms (the
+    # orchestrator then tries another replica, or tells its client), instead of queueing without bound.
+    max_waiting_requests: int = Field(64, ge=0)
+    busy_retry_after_ms: int = Field(1000, ge=1)

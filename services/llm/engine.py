@@ -24,6 +24,7 @@ from services.llm.model import Qwen2ForCausalLM
 from services.llm.requests import (
     ContextTooLong,
     EmbeddingSegment,
+    EngineBusy,
     EngineStats,
     EngineStopped,
     Event,
@@ -45,7 +46,7 @@ from shared.engine_loop import EngineLoop
 
 # The request and event types are part of the engine's API; servicers import them from here.
 __all__ = [
-    "DEFAULT_KV_CACHE_MAX_TOKENS", "ContextTooLong", "EmbeddingSegment", "EngineStats", "EngineStopped", "Event",
+    "DEFAULT_KV_CACHE_MAX_TOKENS", "ContextTooLong", "EmbeddingSegment", "EngineBusy", "EngineStats", "EngineStopped", "Event",
     "EventCallback", "FailedEvent", "FinishedEvent", "GenerationFailed", "GenerationRequest", "InvalidRequest",
     "LLMEngine", "MissingMediaRows", "Segment", "TokenEvent", "TokenSegment",
 ]
@@ -78,6 +79,8 @@ class LLMEngine(EngineLoop):
         max_context_tokens: int,
         kv_cache_max_sessions: int = 64,
         kv_cache_max_tokens: int = DEFAULT_KV_CACHE_MAX_TOKENS,
+        max_waiting_requests: int | None = None,
+        busy_retry_after_ms: int = 1000,
     ):
         if max_context_tokens > model.dims.max_position_embeddings:
             raise ValueError(
@@ -97,6 +100,9 @@ class LLMEngine(EngineLoop):
         self.max_batch_size = max_batch_size
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.max_context_tokens = max_context_tokens
+        # Requests held at once (running + waiting); None = no bound (tests and tools that feed it directly).
+        self.max_in_flight = None if max_waiting_requests is None else max_batch_size + max_waiting_requests
+        self.busy_retry_after_ms = busy_retry_after_ms
         self._hidden = model.dims.hidden_size
         self._vocab = model.dims.vocab_size
 
@@ -114,8 +120,8 @@ class LLMEngine(EngineLoop):
     # ---------------------------------------------------------------------------- caller-thread interface
 
     def submit(self, request: GenerationRequest, on_event: EventCallback) -> None:
-        """Validate and enqueue. Raises InvalidRequest / ContextTooLong for a bad request, EngineStopped
-        when not running; everything later arrives through `on_event`, called on the engine thread: it must
+        """Validate and enqueue. Raises InvalidRequest / ContextTooLong for a bad request, EngineBusy when
+        `max_in_flight` requests are already held, EngineStopped when not running; everything later arrives through `on_event`, called on the engine thread: it must
         only hand the event over (e.g. `loop.call_soon_threadsafe`), since it delays every running request."""
         validate_request(request, vocab_size=self._vocab, hidden_size=self._hidden,
                          max_context_tokens=self.max_context_tokens)
@@ -123,6 +129,8 @@ class LLMEngine(EngineLoop):
         with self.inbox_lock:
             if request.request_id in self._live_ids:
                 raise InvalidRequest(f"request_id {request.request_id!r} is already in flight")
+            if self.max_in_flight is not None and len(self._live_ids) >= self.max_in_flight:
+                raise EngineBusy(len(self._live_ids), self.busy_retry_after_ms)
             self.post(lambda: self._scheduler.add(state))
             self._live_ids.add(request.request_id)
 

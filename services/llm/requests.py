@@ -90,6 +90,16 @@ class MissingMediaRows(ValueError):
         self.content_id = content_id
 
 
+class EngineBusy(RuntimeError):
+    """Admission control: as many requests as the engine may hold are already in flight (maps to
+    RESOURCE_EXHAUSTED, with `retry_after_ms` as the hint)."""
+
+    def __init__(self, in_flight: int, retry_after_ms: int):
+        super().__init__(f"the LLM service is at capacity ({in_flight} requests in flight); retry in {retry_after_ms} ms")
+        self.in_flight = in_flight
+        self.retry_after_ms = retry_after_ms
+
+
 class EngineStopped(EngineStoppedError):
     """The engine is not running (maps to UNAVAILABLE)."""
 

@@ -9,6 +9,7 @@ import grpc
 from services.llm import metrics
 from services.llm.config import LLMSettings
 from services.llm.engine import (
+    EngineBusy,
     EngineStopped,
     EmbeddingSegment,
     FailedEvent,
@@ -24,6 +25,7 @@ from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
 from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
+from shared.retry_hint import abort_exhausted
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tensors import TensorDecodeError, from_proto
 from shared.tokenizer import QwenTokenizer
@@ -142,6 +144,8 @@ class LLMServicer(llm_pb2_grpc.LLMServicer, LoadingGate):
 
         try:
             self._engine.submit(engine_request, decode_and_hand_over)
+        except EngineBusy as busy:
+            await abort_exhausted(context, str(busy), busy.retry_after_ms)
         except EngineStopped:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the LLM service is shutting down")
         except ValueError as exc:
@@ -239,6 +243,8 @@ def build_engine(common: ServiceSettings, settings: LLMSettings) -> tuple[LLMEng
         max_context_tokens=max_context,
         kv_cache_max_sessions=settings.kv_cache_max_sessions,
         kv_cache_max_tokens=settings.kv_cache_max_tokens,
+        max_waiting_requests=settings.max_waiting_requests,
+        busy_retry_after_ms=settings.busy_retry_after_ms,
     )
     facts = dict(
         hidden_size=dims.hidden_size,

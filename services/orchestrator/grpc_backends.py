@@ -46,6 +46,7 @@ from services.orchestrator.backends import (
 )
 from services.orchestrator.deadlines import CallDeadlines, StreamWatch, deadline_error, within
 from services.orchestrator.replicas import Replica, Replicas
+from shared.retry_hint import retry_after_ms
 from shared.wire_tensor import TensorDecodeError, WireTensor, concat_rows
 from shared.weights_info import describe as describe_weights
 from vita.audio.v1 import audio_pb2, audio_pb2_grpc
@@ -61,7 +62,6 @@ T = TypeVar("T")
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 # Writing to a call that has already ended raises one of these; its status arrives on the read side.
 _WRITE_AFTER_END = (asyncio.InvalidStateError, grpc.aio.UsageError)
-RETRY_AFTER_KEY = "retry-after-ms"
 
 
 def call_context(ids: CallIds) -> common_pb2.CallContext:
@@ -81,16 +81,6 @@ def stage_times(timings) -> tuple[StageTime, ...]:
     return tuple(StageTime(t.stage, t.queue_ns, t.compute_ns) for t in timings)
 
 
-def _retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == RETRY_AFTER_KEY:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def backend_error(service: str, error: grpc.aio.AioRpcError, stage: str | None = None,
                   timeout_s: float | None = None) -> BackendError:
     code = error.code()
@@ -104,7 +94,7 @@ def backend_error(service: str, error: grpc.aio.AioRpcError, stage: str | None =
         # Internal details stay in the service's log; the client gets a message it can act on.
         return BackendError("INTERNAL", f"the {service} service failed")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry_ms = _retry_after_ms(error)
+        retry_ms = retry_after_ms(error.trailing_metadata())
         hint = f"; retry in {retry_ms} ms" if retry_ms else ""
         return BackendError("RESOURCE_EXHAUSTED", f"the {service} service is at capacity{hint}")
     return BackendError(code.name, error.details() or f"{service} call failed")
