@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import tempfile
@@ -25,16 +26,48 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _stack_config(args, log_dir: Path | None):
+def _stack_config(args, log_dir: Path | None, data_dir: Path | None = None):
     from apps.launcher import StackConfig
 
-    return StackConfig(
+    config = StackConfig(
         preset=args.preset,
         public_host=args.host,
         public_port=args.port,
         checkpoint=args.checkpoint,
         log_dir=log_dir,
+        data_dir=data_dir,
     )
+    if getattr(args, "services", None):
+        config.services = args.services
+    return config
+
+
+def _model_services(value: str) -> tuple[str, ...]:
+    from apps.launcher import MODEL_SERVICES
+
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in MODEL_SERVICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(MODEL_SERVICES)}")
+    missing = [name for name in ("llm", "speech") if name not in names]
+    if missing:
+        raise argparse.ArgumentTypeError(f"every stack needs {', '.join(missing)}")
+    return names
+
+
+def served_weights(args, environ=os.environ) -> str:
+    """What the stack serves, as the services will resolve it: --checkpoint, else VITA_CHECKPOINT (which
+    every service reads), else the preset's seeded random weights."""
+    checkpoint = args.checkpoint or environ.get("VITA_CHECKPOINT")
+    if checkpoint:
+        return f"serving the checkpoint {checkpoint} ({args.preset} preset)"
+    return f"serving seeded RANDOM weights of the {args.preset} preset: replies are noise, not VITA-1.5"
+
+
+def sessions_line(stack, data_dir: Path | None) -> str:
+    if stack.redis is None:
+        return f"  redis         {stack.redis_url}  (REDIS_URL: sessions live there)"
+    return f"  redis         {stack.redis_url}  (sessions kept in {data_dir})"
 
 
 def cmd_up(args) -> int:
@@ -43,18 +76,26 @@ def cmd_up(args) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stack = Stack(_stack_config(args, Path(args.log_dir) if args.log_dir else None))
+    data_dir = Path(args.data_dir).expanduser()
+    stack = Stack(_stack_config(args, Path(args.log_dir) if args.log_dir else None, data_dir))
     print(f"starting the {args.preset} stack (Redis, {', '.join(stack.config.services)}, orchestrator)...", flush=True)
-    with stack:
-        if not args.checkpoint:
-            print(f"serving seeded RANDOM weights of the {args.preset} preset: replies are noise, not VITA-1.5")
+    try:
+        stack.start()
+    except RuntimeError as error:  # a service that exits at start-up, a busy data directory
+        print(f"vita up: {error}", file=sys.stderr)
+        return 1
+    try:
+        print(served_weights(args))
         for name, service in stack.services.items():
             print(f"  {name:<13} {service.address}  metrics :{service.metrics_port}")
-        print(f"  redis         {stack.redis_url}")
+        print(sessions_line(stack, data_dir))
         print(f"Assistant API on {stack.address}  (metrics :{stack.orchestrator.metrics_port})", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         stop.wait()
-        print("stopping...", flush=True)
+        print("stopping: draining running turns, then the model services, then Redis...", flush=True)
+    finally:
+        stack.stop()
+    print("stopped.", flush=True)
     return 0
 
 
@@ -107,8 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=50051, help="Assistant API port (0 = any free port)")
         p.add_argument("--log-dir", default=None, help="write each process's log here")
 
+    from apps.redis_server import default_data_dir
+
     up = sub.add_parser("up", help="run the whole stack on this machine")
     stack_args(up)
+    up.add_argument("--data-dir", default=str(default_data_dir()),
+                    help="where the local Redis keeps sessions and history across restarts "
+                         "(default: %(default)s; unused when REDIS_URL is set)")
+    up.add_argument("--services", type=_model_services, default=None,
+                    help="the model services to run, comma-separated (default: llm,speech,audio,vision; "
+                         "without audio or vision the API refuses spoken input or images)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one service (what a container runs)")

@@ -1,9 +1,15 @@
 """Runs the whole stack on this machine (`vita up`, the demo, the integration tests): a private Redis,
 then every model service as its own OS process in parallel, then the orchestrator; waits for SERVING on
-gRPC health; stops everything on exit, leaving no process behind."""
+gRPC health; stops everything on exit, leaving no process behind.
+
+Stopping is ordered: the orchestrator first (it refuses new turns, lets the running ones finish and
+writes their history), then the model services, then Redis, last, with its data saved. Every child runs
+in its own session, so a Ctrl-C in the terminal reaches the launcher alone and the order holds.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -19,9 +25,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import tls
 from shared.grpc_server import READY_PREFIX
+from shared.settings import ServiceSettings
 from apps.redis_server import LocalRedis
 
 MODEL_SERVICES = ("llm", "speech", "audio", "vision")
+# Log lines of a process kept to explain its exit.
+LOG_TAIL_LINES = 15
+# A process whose stdout closed is exiting: how long to wait for its exit code.
+EXIT_WAIT_S = 10.0
+# The orchestrator drains (VITA_DRAIN_SECONDS, 10 s by default) before it exits: time beyond that.
+STOP_MARGIN_S = 5.0
 
 
 @dataclass
@@ -33,6 +46,8 @@ class ServiceProcess:
     # TLS credentials to ask its health with (shared.tls.probe_credentials); None = plaintext.
     credentials: grpc.ChannelCredentials | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
+    # Its last stderr lines (the launcher pumps stderr to the terminal or the log file).
+    log_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
 
     def _watch_stdout(self) -> None:
         for raw in self.process.stdout:
@@ -43,12 +58,37 @@ class ServiceProcess:
                 self._ready.set()
         self._ready.set()  # exited: unblock the waiter, which then sees no address
 
+    def _pump_stderr(self, sink, owns_sink: bool) -> None:
+        """Copies stderr to `sink` (the terminal or the log file) line by line, keeping the last lines."""
+        try:
+            for raw in self.process.stderr:
+                self.log_tail.append(raw.decode(errors="replace").rstrip())
+                try:
+                    sink.write(raw)
+                    sink.flush()
+                except (OSError, ValueError):
+                    pass  # the terminal went away; keep draining so the child never blocks on its stderr
+        finally:
+            if owns_sink:
+                sink.close()
+
+    @property
+    def exited(self) -> bool:
+        return self._ready.is_set() and not self.address or self.process.poll() is not None
+
+    def exit_error(self) -> RuntimeError:
+        """Why it is gone: its exit code and its last log lines."""
+        try:
+            code = self.process.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        state = f"exited with code {code}" if code is not None else "closed its output and is exiting"
+        time.sleep(0.1)  # the stderr pump reads the last lines the process wrote
+        tail = "\n".join(f"  | {line}" for line in self.log_tail) or "  (it wrote nothing to stderr)"
+        return RuntimeError(f"service {self.name} {state} before it was ready; its last log lines:\n{tail}")
+
     def wait_ready(self, timeout_s: float) -> None:
-        if not self._ready.wait(timeout_s) or not self.address:
-            code = self.process.poll()
-            state = f"exited with code {code}" if code is not None else f"not ready after {timeout_s:.0f} s"
-            raise RuntimeError(f"service {self.name} {state}; see its log")
-        check_serving(self.address, timeout_s, self.credentials)
+        wait_all_ready([self], timeout_s)
 
     def stop(self, timeout_s: float) -> None:
         if self.process.poll() is None:
@@ -60,8 +100,26 @@ class ServiceProcess:
             self.process.wait()
 
 
-def check_serving(address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None) -> None:
-    """Asks gRPC health until it says SERVING."""
+def wait_all_ready(services: list[ServiceProcess], timeout_s: float) -> None:
+    """Waits until every service announced its address and reports SERVING. A service that exits fails
+    the wait at once, with its exit code and last log lines; one still starting after `timeout_s` fails
+    it then."""
+    deadline = time.monotonic() + timeout_s
+    while not all(service.address for service in services):
+        for service in services:
+            if service.exited:
+                raise service.exit_error()
+        if time.monotonic() > deadline:
+            slow = ", ".join(service.name for service in services if not service.address)
+            raise RuntimeError(f"service(s) {slow} still starting after {timeout_s:.0f} s; see their logs")
+        time.sleep(0.1)
+    for service in services:
+        check_serving(service.address, max(1.0, deadline - time.monotonic()), service.credentials, service)
+
+
+def check_serving(address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None,
+                  process: ServiceProcess | None = None) -> None:
+    """Asks gRPC health until it says SERVING (failing at once if `process`, the server, exits)."""
     deadline = time.monotonic() + timeout_s
     channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
     with channel:
@@ -73,6 +131,8 @@ def check_serving(address: str, timeout_s: float, credentials: grpc.ChannelCrede
                     return
             except grpc.RpcError:
                 pass
+            if process is not None and process.process.poll() is not None:
+                raise process.exit_error()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{address} did not report SERVING in time")
             time.sleep(0.1)
@@ -87,8 +147,11 @@ class StackConfig:
     checkpoint: Path | None = None
     # Extra environment for every process (e.g. VITA_ORCH_API_KEYS); wins over the launcher's defaults.
     env: dict[str, str] = field(default_factory=dict)
-    # Where each process's stderr goes; None = inherit the terminal.
+    # Where each process's stderr goes; None = the launcher's stderr (the terminal).
     log_dir: Path | None = None
+    # Where the local Redis keeps its data (append-only file); None = a throwaway Redis (tests).
+    # Unused with REDIS_URL.
+    data_dir: Path | None = None
     start_timeout_s: float = 180.0
     # Torch threads per model service: with several services on a 2-core machine, oversubscription hurts.
     torch_threads: int = 1
@@ -129,34 +192,35 @@ class Stack:
         return env
 
     def spawn(self, name: str, env: dict[str, str]) -> ServiceProcess:
-        stderr = None
+        sink, owns_sink = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer, False
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
-            stderr = open(self.config.log_dir / f"{name}.log", "ab")
+            sink, owns_sink = open(self.config.log_dir / f"{name}.log", "ab"), True
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=stderr,
+            stderr=subprocess.PIPE,
+            # Its own session: the terminal's Ctrl-C reaches the launcher only, which stops the stack in
+            # order (a service stopped with the orchestrator would fail the turns it is draining).
+            start_new_session=True,
         )
-        if stderr is not None:
-            stderr.close()
         service = ServiceProcess(name, process, credentials=tls.probe_credentials(env))
         threading.Thread(target=service._watch_stdout, name=f"{name}-stdout", daemon=True).start()
+        threading.Thread(target=service._pump_stderr, args=(sink, owns_sink), name=f"{name}-stderr", daemon=True).start()
         return service
 
     def start(self) -> "Stack":
         try:
             self.redis_url = os.environ.get("REDIS_URL", "")
             if not self.redis_url:
-                self.redis = LocalRedis()
+                self.redis = LocalRedis(self.config.data_dir)
                 self.redis_url = self.redis.start()
             # Model services import torch and load weights: start them all at once.
             for name in self.config.services:
                 self.services[name] = self.spawn(name, self._env())
             # The orchestrator needs the services' addresses, so it starts once they announced them.
-            for service in self.services.values():
-                service.wait_ready(self.config.start_timeout_s)
+            wait_all_ready(list(self.services.values()), self.config.start_timeout_s)
             self.orchestrator = self.spawn_orchestrator()
             return self
         except BaseException:
@@ -185,7 +249,11 @@ class Stack:
             raise
         return orchestrator
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """In order: the orchestrator drains its turns and exits, then the model services, then Redis
+        saves and exits. `timeout_s`: how long each step may take before its processes are killed."""
+        if timeout_s is None:
+            timeout_s = self._drain_seconds() + STOP_MARGIN_S
         if self.orchestrator is not None:
             self.orchestrator.stop(timeout_s)
         for service in self.services.values():
@@ -195,6 +263,14 @@ class Stack:
             service.stop(timeout_s)
         if self.redis is not None:
             self.redis.stop()
+
+    def _drain_seconds(self) -> float:
+        default = ServiceSettings.model_fields["drain_seconds"].default
+        value = self.config.env.get("VITA_DRAIN_SECONDS") or os.environ.get("VITA_DRAIN_SECONDS")
+        try:
+            return float(value) if value else default
+        except ValueError:
+            return default
 
     def __enter__(self) -> "Stack":
         return self.start()
