@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import numpy as np
 import pytest
+from PIL import Image
 
 import sdk
 from tests.faults.processes import assert_all_serving, kill9, restart_if_dead, restart_service, stack_processes
+from tests.vision.media import encode_image
 
 # Generous: the turn must end by this, not by a client timeout, however slow the machine.
 CLEAR_STATUS_WITHIN_S = 30.0
@@ -58,3 +61,35 @@ async def test_kill9_of_a_model_service_mid_turn_costs_only_that_turn(fault_stac
                 assert stored[0] == before.turn_id and stored[-1] == after.turn_id
         finally:
             await restart_if_dead(fault_stack, name)
+
+
+def photo(seed: int) -> sdk.Image:
+    """A new picture per seed: the orchestrator caches the embeddings of one it has seen."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    return sdk.Image(encode_image(Image.fromarray(pixels), "JPEG"))
+
+
+async def test_a_dead_vision_service_fails_image_turns_only(fault_stack, ledger):
+    """An encode is too short to kill in the middle: the service is dead when the image turn comes."""
+    async with sdk.AsyncClient(fault_stack.address) as client:
+        try:
+            async with await client.start(CONFIG, reconnect=None) as conv:
+                before = await conv.ask("What is this?", media=[photo(1)], timeout=60)
+                assert before.outcome == "completed"
+                await kill9(fault_stack.services["vision"])
+                ledger.injected()
+                with pytest.raises(sdk.TurnFailed) as failed:
+                    await conv.ask("And this?", media=[photo(2)], timeout=CLEAR_STATUS_WITHIN_S)
+                assert failed.value.code in CLEAR_CODES, failed.value
+                text_only = await conv.ask("Just text, then.", timeout=60)  # the rest of the stack serves on
+                assert text_only.outcome == "completed"
+                await assert_all_serving(*[p for p in stack_processes(fault_stack) if p.name != "vision"])
+
+                await restart_service(fault_stack, "vision")
+                after = await conv.ask("And now?", media=[photo(3)], timeout=60)
+                assert after.outcome == "completed"
+                completed = [before.turn_id, text_only.turn_id, after.turn_id]
+                stored = await ledger.check(client, conv.session_id, completed)
+                assert [t for t in stored if t in completed] == completed
+        finally:
+            await restart_if_dead(fault_stack, "vision")
