@@ -53,6 +53,8 @@ class Conversation:
         # Push-to-talk: what the client's commit said about the utterance it closes.
         self._commit_turn_id = ""
         self._commit_media: list[MediaRequest] = []
+        # The server is shutting down (services.orchestrator.draining): new turns are refused.
+        self._stopping = False
 
     # ----- sending -----
 
@@ -137,6 +139,10 @@ class Conversation:
         if self._turn is not None:
             await self._turn.wait()
 
+    def stop_new_turns(self) -> None:
+        """The server is shutting down: the running turn goes on, new ones get UNAVAILABLE."""
+        self._stopping = True
+
     # ----- voice -----
 
     def _voice_input(self) -> VoiceInput | None:
@@ -183,6 +189,9 @@ class Conversation:
 
     async def _start_audio_turn(self, utterance: VoiceUtterance) -> None:
         turn_id = self._commit_turn_id or uuid.uuid4().hex
+        if self._stopping:
+            self.send_error(turn_id, "UNAVAILABLE", "the server is shutting down; reconnect to continue this session")
+            return
         media = self._commit_media
         self._commit_turn_id, self._commit_media = "", []
         speech_end_ns = self._speech_end_ns or time.perf_counter_ns()
@@ -204,6 +213,8 @@ class Conversation:
     # ----- turns -----
 
     def _check_can_start(self) -> None:
+        if self._stopping:
+            raise TurnRejected("UNAVAILABLE", "the server is shutting down; reconnect to continue this session")
         if self.turn_running:
             # FAILED_PRECONDITION, not ABORTED: retrying at once cannot succeed; the client must wait for
             # turn_completed, or send cancel (or barge in by voice) first.

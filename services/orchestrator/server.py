@@ -13,6 +13,7 @@ from services.orchestrator.auth import ApiKeys
 from services.orchestrator.backends import BackendError
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.conversation import CLOSE, Conversation, ConversationDeps
+from services.orchestrator.draining import SHUTTING_DOWN, LiveConversations
 from services.orchestrator.deadlines import CallDeadlines
 from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
 from services.orchestrator.replicas import Replicas
@@ -25,6 +26,7 @@ from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreU
 from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
+from shared.keepalive import Keepalive
 from shared.session_settings import describe
 from shared.settings import ServiceSettings
 from shared.tokenizer import QwenTokenizer
@@ -97,6 +99,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
         self._settings = settings
         self._keys = api_keys
         self._deps: ConversationDeps | None = None
+        self.live = LiveConversations()
 
     def attach(self, deps: ConversationDeps) -> None:
         self._deps = deps
@@ -157,11 +160,14 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             ready=assistant_pb2.Ready(session=session_to_proto(record, history, running), weights=self._deps.llm_facts.weights)
         )
         metrics.ACTIVE_SESSIONS.inc()
+        self.live.add(conversation)
         reader = asyncio.create_task(self._read_client(request_iterator, conversation))
         try:
             while True:
                 item = await conversation.outbound.get()
                 if item is CLOSE:
+                    if self._stopping:  # drained (services.orchestrator.draining): clients reconnect elsewhere
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
                     return
                 if item.turn is not None and item.turn.dropped and item.droppable:
                     continue
@@ -171,6 +177,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
                 item.mark_sent()
         finally:
             metrics.ACTIVE_SESSIONS.dec()
+            self.live.discard(conversation)
             reader.cancel()
             await conversation.shutdown()
 
@@ -228,13 +235,15 @@ class OrchestratorApp:
         await self._store.ping()
         # TLS (mTLS with a client certificate) to the model services once VITA_TLS_CA is set.
         internal_tls = tls.channel_credentials(self._common)
+        # Keepalive as the model services accept it: the audio stream sits idle between turns.
+        keepalive = Keepalive.from_settings(self._common)
         deadlines = CallDeadlines.from_settings(settings)
 
         def replicas(service: str, address: str) -> Replicas:
             """One channel per listed replica (retries go to another one); see services/orchestrator/replicas.py."""
             opened = Replicas.open(
                 service, address,
-                lambda target: open_channel(target, self._common.max_message_bytes, internal_tls),
+                lambda target: open_channel(target, self._common.max_message_bytes, internal_tls, keepalive),
                 retry=settings.retry_on_other_replica,
             )
             self._channels.extend(opened.channels)
@@ -273,6 +282,12 @@ class OrchestratorApp:
             except BackendError as error:
                 log.info("waiting for the LLM service: %s", error.message)
                 await asyncio.sleep(0.5)
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: new calls and turns are refused, running turns finish (within `timeout_s`) and write
+        their history, then the streams end; the model services and Redis are still up meanwhile."""
+        self._servicer.stop_accepting()
+        await self._servicer.live.drain(timeout_s)
 
     async def close(self) -> None:
         for channel in self._channels:
