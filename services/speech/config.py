@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,3 +25,10 @@ class SpeechSettings(BaseSettings):
     codec_batch_size: int = 1
     # Longest text segment accepted, in characters (the orchestrator cuts segments far shorter).
     max_segment_chars: int = 2000
+    # Admission control: synthesis streams open at once (one more is refused with RESOURCE_EXHAUSTED and a
+    # `retry-after-ms` of busy_retry_after_ms; the orchestrator then tries another replica), and text
+    # segments one stream may hold unfinished (a reply's segments arrive faster than they are spoken;
+    # the bound is far above any reply of max_reply_tokens, so it only stops a runaway client).
+    max_open_streams: int = Field(64, ge=1)
+    max_queued_segments: int = Field(1024, ge=1)
+    busy_retry_after_ms: int = Field(1000, ge=1)

@@ -34,6 +34,7 @@ from services.speech.events import (
     SegmentDoneEvent,
     SegmentOrderError,
     SegmentTooLongError,
+    SpeechBusyError,
     SpeechEngineError,
     SpeechEvent,
     SpeechStats,
@@ -53,7 +54,7 @@ from shared.tokenizer import QwenTokenizer
 # The engine's public names, importable from here as before the split.
 __all__ = [
     "AudioEvent", "DuplicateStreamError", "EngineStoppedError", "EventCallback", "LENGTH_CAP_BASE_TOKENS",
-    "SegmentDoneEvent", "SegmentOrderError", "SegmentTooLongError", "SpeechEngine", "SpeechEngineError",
+    "SegmentDoneEvent", "SegmentOrderError", "SegmentTooLongError", "SpeechBusyError", "SpeechEngine", "SpeechEngineError",
     "SpeechEvent", "SpeechStats", "StreamClosedError", "StreamDoneEvent", "StreamFailedEvent",
     "UnknownStreamError",
 ]
@@ -92,6 +93,9 @@ class SpeechEngine(EngineLoop):
         max_codec_tokens: int = 1000,
         length_cap_base_tokens: int = LENGTH_CAP_BASE_TOKENS,
         codec_batch_size: int = 1,
+        max_open_streams: int | None = None,
+        max_queued_segments: int | None = None,
+        busy_retry_after_ms: int = 1000,
     ):
         """
         max_batch_size: segments decoded together; also the FIXED row count of every AR step (batch
@@ -103,6 +107,8 @@ class SpeechEngine(EngineLoop):
             1000 (25 s); tying the cap to the text bounds a model that misses EOS to ~1 s past any
             plausible reading of the segment (docs/MODEL.md#d-tts-cap).
         codec_batch_size: windows per codec call, padded with dummy windows (batch invariance); 1 on CPU.
+        max_open_streams / max_queued_segments: admission control (None = no bound): streams open at once,
+            and unfinished segments per stream; past them open_stream / push_segment raise SpeechBusyError.
         """
         if max_batch_size < 1 or codec_batch_size < 1:
             raise ValueError("max_batch_size and codec_batch_size must be ≥ 1")
@@ -124,6 +130,9 @@ class SpeechEngine(EngineLoop):
             max_codec_tokens=max_codec_tokens,
         )
         self._intake = SegmentIntake(tokenizer, limits)
+        self._max_open_streams = max_open_streams
+        self._max_queued_segments = max_queued_segments
+        self._busy_retry_after_ms = busy_retry_after_ms
         # Guarded by inbox_lock: read and written by callers.
         self._handles: dict[str, StreamHandle] = {}
         self._counters = _Counters()
@@ -138,6 +147,10 @@ class SpeechEngine(EngineLoop):
             self._require_running()
             if stream_id in self._handles:
                 raise DuplicateStreamError(f"speech stream {stream_id!r} is already open")
+            if self._max_open_streams is not None and len(self._handles) >= self._max_open_streams:
+                raise SpeechBusyError(
+                    f"the speech service is at capacity ({len(self._handles)} streams open)", self._busy_retry_after_ms
+                )
             stream = SpeechStream(stream_id, stream_seed, on_event, StreamHandle())
             self.post(lambda: self._on_open(stream))
             self._handles[stream_id] = stream.handle
@@ -148,7 +161,13 @@ class SpeechEngine(EngineLoop):
         with self.inbox_lock:
             self._require_running()
             handle = self._open_handle(stream_id)
+            if self._max_queued_segments is not None and handle.unfinished_segments >= self._max_queued_segments:
+                raise SpeechBusyError(
+                    f"this stream holds {handle.unfinished_segments} unfinished segments (the limit)",
+                    self._busy_retry_after_ms,
+                )
             segment = self._intake.prepare(handle, text, segment_index, enqueued_ns)
+            handle.unfinished_segments += 1
             self.post(lambda: self._on_push(stream_id, segment))
 
     def end_stream(self, stream_id: str) -> None:
@@ -345,12 +364,14 @@ class SpeechEngine(EngineLoop):
                 continue  # the consumer's callback failed the stream
             stream.active = None
             self._count(segments_completed=1, codec_tokens_generated=segment.tokens_generated)
+            self._segment_finished(stream)
             self._deliver(stream, segment.done(stream.stream_id))
             if self._alive(stream) and not stream.queue and stream.ended:
                 self._complete(stream)
 
     def _finish_silent(self, stream: SpeechStream, segment: PendingSegment) -> None:
         self._count(segments_completed=1)
+        self._segment_finished(stream)
         self._deliver(stream, segment.empty_done(stream.stream_id, time.perf_counter_ns()))
 
     # ---------------------------------------------------------------- stream end, delivery and failure
@@ -363,6 +384,10 @@ class SpeechEngine(EngineLoop):
         with self.inbox_lock:
             for name, value in increments.items():
                 setattr(self._counters, name, getattr(self._counters, name) + value)
+
+    def _segment_finished(self, stream: SpeechStream) -> None:
+        with self.inbox_lock:
+            stream.handle.unfinished_segments -= 1
 
     def _complete(self, stream: SpeechStream) -> None:
         self._forget(stream)

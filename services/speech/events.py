@@ -81,6 +81,15 @@ class DuplicateStreamError(SpeechEngineError, ValueError):
     pass
 
 
+class SpeechBusyError(SpeechEngineError):
+    """Admission control: too many streams open, or too many unfinished segments on one stream (maps to
+    RESOURCE_EXHAUSTED with `retry_after_ms` as the hint)."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(f"{message}; retry in {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms
+
+
 class StreamClosedError(SpeechEngineError):
     """push/end after end_stream or cancel_stream."""
 

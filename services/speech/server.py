@@ -14,6 +14,7 @@ from services.speech.config import SpeechSettings
 from services.speech.engine import (
     AudioEvent,
     SegmentDoneEvent,
+    SpeechBusyError,
     SpeechEngine,
     SpeechEngineError,
     StreamDoneEvent,
@@ -24,6 +25,7 @@ from shared.checkpoint.layout import checkpoint_tokenizer
 from shared.aio_bridge import EngineEvents
 from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
+from shared.retry_hint import abort_exhausted
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tokenizer import QwenTokenizer
 from shared.weights_info import weights_info
@@ -38,6 +40,13 @@ class _BadRequest:
 
     def __init__(self, message: str):
         self.message = message
+
+
+class _Busy:
+    """Put on the event queue by the request reader: admission control refused a segment."""
+
+    def __init__(self, error: SpeechBusyError):
+        self.error = error
 
 
 def _timings(event: SegmentDoneEvent) -> list[common_pb2.StageTiming]:
@@ -76,7 +85,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
         ctx = first.start.ctx
         stream_id = f"{ctx.session_id}/{ctx.turn_id}/{uuid.uuid4().hex[:8]}"
         events: EngineEvents = EngineEvents()
-        self._engine.open_stream(stream_id, ctx.seed if ctx.HasField("seed") else None, events.push)
+        try:
+            self._engine.open_stream(stream_id, ctx.seed if ctx.HasField("seed") else None, events.push)
+        except SpeechBusyError as busy:
+            metrics.STREAMS.labels("refused").inc()
+            await abort_exhausted(context, str(busy), busy.retry_after_ms)
         metrics.ACTIVE_STREAMS.inc()
         opened = time.perf_counter()
         first_chunk_seen = False
@@ -122,6 +135,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
                 elif isinstance(event, _BadRequest):
                     outcome = "invalid"
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, event.message)
+                elif isinstance(event, _Busy):
+                    outcome = "refused"
+                    await abort_exhausted(context, str(event.error), event.error.retry_after_ms)
         finally:
             reader.cancel()
             if outcome not in ("completed",):
@@ -147,6 +163,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
                 return
             try:
                 self._engine.push_segment(stream_id, segment.text, segment.index)
+            except SpeechBusyError as busy:
+                events.push(_Busy(busy))
+                return
             except SpeechEngineError as error:
                 events.push(_BadRequest(f"segment {segment.index} refused: {error}"))
                 return
@@ -188,6 +207,9 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
         codec_tokens_per_text_token=settings.codec_tokens_per_text_token,
         max_codec_tokens=settings.max_codec_tokens,
         codec_batch_size=settings.codec_batch_size,
+        max_open_streams=settings.max_open_streams,
+        max_queued_segments=settings.max_queued_segments,
+        busy_retry_after_ms=settings.busy_retry_after_ms,
     )
     facts = dict(
         # The codec's own dims: the checkpoint's when one is served.

@@ -30,6 +30,7 @@ class StreamHandle:
     cancel_requested: bool = False
     last_segment_index: int = -1
     spoken_segments: int = 0  # non-empty segments pushed so far (the first one is chunked finer)
+    unfinished_segments: int = 0  # pushed, not yet done (admission control bounds it)
 
 
 @dataclass(frozen=True)
