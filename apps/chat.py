@@ -15,6 +15,10 @@ import sdk
 AUDIO_CHUNK_MS = 40
 
 
+class ChatUsageError(ValueError):
+    """Options that cannot work together; said before anything is sent."""
+
+
 @dataclass
 class TurnReport:
     result: sdk.TurnResult | None = None
@@ -85,7 +89,13 @@ async def run_turn(
     echo=None,
 ) -> TurnReport:
     """One turn on a new (or given) session: typed text with optional images/video, or a spoken question
-    streamed at real-time pace (`fast`: as fast as the stream takes it). `echo(text)` gets each delta."""
+    streamed at real-time pace (`fast`: as fast as the stream takes it). `echo(text)` gets each delta.
+
+    A typed turn carries `seed` and `max_reply_tokens` itself; a spoken turn is started by the server
+    from the session's config, so a new session is created with them (a given session keeps its own)."""
+    if spoken is not None and session_id is not None and (seed is not None or max_reply_tokens is not None):
+        raise ChatUsageError("a spoken turn uses its session's seed and reply limit: "
+                         "--seed/--max-reply-tokens with --audio apply to a new session, not to --session")
     media: list[sdk.Media] = [sdk.Image(data, max_tiles) for data in images]
     if video is not None:
         media.append(sdk.Video(video))
@@ -93,7 +103,8 @@ async def run_turn(
     report = TurnReport()
     async with sdk.AsyncClient(address, api_key=api_key) as client:
         if session_id is None:
-            session_id = (await client.create_session()).session_id
+            config = sdk.SessionConfig(seed=seed, max_reply_tokens=max_reply_tokens) if spoken else None
+            session_id = (await client.create_session(config)).session_id
         async with client.conversation(session_id, audio=audio) as conv:
             report.weights = conv.ready.weights
             if spoken is None:
@@ -125,13 +136,17 @@ def chat_main(args) -> int:
     images = [Path(p).read_bytes() for p in args.image]
     video = Path(args.video).read_bytes() if args.video else None
     spoken = SpokenInput.from_file(Path(args.audio)) if args.audio else None
-    report = asyncio.run(
-        run_turn(
-            args.address, args.text if not spoken else "", images=images, video=video, spoken=spoken,
-            fast=args.fast, session_id=args.session, api_key=args.api_key, seed=args.seed,
-            max_reply_tokens=args.max_reply_tokens, max_tiles=args.max_tiles, echo=echo,
+    try:
+        report = asyncio.run(
+            run_turn(
+                args.address, args.text if not spoken else "", images=images, video=video, spoken=spoken,
+                fast=args.fast, session_id=args.session, api_key=args.api_key, seed=args.seed,
+                max_reply_tokens=args.max_reply_tokens, max_tiles=args.max_tiles, echo=echo,
+            )
         )
-    )
+    except ChatUsageError as error:
+        print(f"vita chat: {error}", file=sys.stderr)
+        return 2
     print()
     if report.errors or report.interrupted:
         for error in report.errors:

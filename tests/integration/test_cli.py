@@ -1,4 +1,5 @@
-"""`vita up` + `vita chat` as a user runs them: real processes, SIGTERM leaves nothing behind."""
+"""`vita up` + `vita chat` as a user runs them: real processes, SIGTERM leaves nothing behind; what the
+CLI and the launcher tell the user."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import time
 import wave
 from pathlib import Path
 
+import pytest
 import soundfile
 from PIL import Image
+
+from apps.chat import SpokenInput, run_turn
+from apps.cli import build_parser, served_weights
+from apps.launcher import Stack, StackConfig
 
 
 def descendants(pid: int) -> set[int]:
@@ -41,7 +47,8 @@ def alive(pid: int) -> bool:
 
 def test_vita_up_then_chat_then_sigterm_leaves_no_process(tmp_path):
     vita = [sys.executable, "-m", "apps.cli"]
-    up = subprocess.Popen([*vita, "up", "--port", "0", "--log-dir", str(tmp_path / "logs")],
+    up = subprocess.Popen([*vita, "up", "--port", "0", "--log-dir", str(tmp_path / "logs"),
+                           "--data-dir", str(tmp_path / "data")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         address, lines = None, []
@@ -93,3 +100,44 @@ def test_vita_up_then_chat_then_sigterm_leaves_no_process(tmp_path):
         time.sleep(0.1)
     assert not [pid for pid in processes if alive(pid)], "processes left behind after SIGTERM"
     assert up.returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_chat_by_voice_honours_max_reply_tokens(stack, tmp_path):
+    """A spoken turn is started by the server from the session's config: the limit must get there."""
+    question = tmp_path / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(question), "Tell me everything about the ocean."], check=True)
+    report = await run_turn(stack.address, spoken=SpokenInput.from_file(question), fast=True, seed=2,
+                            max_reply_tokens=3)
+    assert not report.errors, report.errors
+    assert report.completed is not None and 0 < report.completed.reply_tokens <= 3
+
+
+def test_chat_by_voice_on_a_given_session_refuses_a_limit_it_cannot_apply(tmp_path):
+    question = tmp_path / "question.wav"
+    soundfile.write(question, [0.0] * 1600, 16000)
+    chat = subprocess.run([sys.executable, "-m", "apps.cli", "chat", "--address", "127.0.0.1:1", "--audio", str(question),
+                           "--session", "s1", "--max-reply-tokens", "5"], capture_output=True, text=True, timeout=60)
+    assert chat.returncode == 2 and "--max-reply-tokens with --audio apply to a new session" in chat.stderr
+
+
+def test_vita_up_names_the_checkpoint_it_serves():
+    args = build_parser().parse_args(["up"])
+    assert "RANDOM" in served_weights(args, {})
+    from_env = served_weights(args, {"VITA_CHECKPOINT": "/models/VITA-1.5"})
+    assert "RANDOM" not in from_env and "/models/VITA-1.5" in from_env
+    flag = served_weights(build_parser().parse_args(["up", "--checkpoint", "/ckpt"]), {})
+    assert "RANDOM" not in flag and "/ckpt" in flag
+
+
+@pytest.mark.parametrize("log_to_dir", [True, False], ids=["log-dir", "terminal"])
+def test_the_launcher_says_a_service_exited_with_its_code_and_last_log_lines(tmp_path, log_to_dir):
+    config = StackConfig(services=("llm",), env={"VITA_CHECKPOINT": str(tmp_path / "no-such-checkpoint")},
+                         log_dir=tmp_path / "logs" if log_to_dir else None, start_timeout_s=180)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as failure:
+        Stack(config).start()
+    message = str(failure.value)
+    assert "service llm exited with code 2" in message, message
+    assert "llm cannot start" in message and "no-such-checkpoint" in message, message
+    assert time.monotonic() - started < 120  # told when it happened, not at the start timeout
