@@ -161,15 +161,17 @@ class AudioStream:
 
     def commit(self) -> list[AudioEvent]:
         """Push-to-talk: the audio since the last commit is one utterance. With VAD: ends the utterance
-        in progress now (a manual end of turn); nothing happens when no speech is in progress."""
+        in progress now (a manual end of turn). A commit that ends no utterance (no speech in progress, or
+        audio already discarded as too long) is answered with an empty drop, so every commit is answered."""
         received_ns = time.perf_counter_ns()
         with self._lock:
             events = self._accept(self._resampler.flush(), received_ns)
             if self._segmenter is not None:
-                return events + self._force_end(StopReason.COMMIT, received_ns)
+                ended = self._force_end(StopReason.COMMIT, received_ns)
+                return events + (ended or [UtteranceDropped(self._take_index(), DropReason.EMPTY, 0.0)])
             if self._discarding:
                 self._discarding = False
-                return events
+                return events + [UtteranceDropped(self._take_index(), DropReason.EMPTY, 0.0)]
             if self._utterance is None:
                 return events + [UtteranceDropped(self._take_index(), DropReason.EMPTY, 0.0)]
             return events + self._finish(self._total, self._total, StopReason.COMMIT, received_ns)

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 
 from services.orchestrator.backends import (
     CallIds,
@@ -23,19 +25,32 @@ from services.orchestrator.backends import (
     VoiceUtterance,
 )
 from services.orchestrator.delivery import TurnDelivery
+from services.orchestrator.ids import id_problem
 from services.orchestrator.media import MediaRequest, content_id
 from services.orchestrator.outbox import CLOSE, CODES, Outbox
 from services.orchestrator.records import MediaRef, SessionRecord
 from services.orchestrator.turn import CancelReason, TurnHandle
 from services.orchestrator.turn_input import PendingTurn, TurnInputs, TurnRejected
 from services.orchestrator.turn_runner import ConversationDeps, TurnRunner
-from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, VoiceInput
+from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, NothingToCommit, VoiceInput
 from shared import tracing
 from vita.assistant.v1 import assistant_pb2
 
 __all__ = ["CLOSE", "CODES", "Conversation", "ConversationDeps", "TurnRejected"]
 
 log = logging.getLogger(__name__)
+
+# The shortest utterance the audio encoder takes, in ms (a push-to-talk commit has no other minimum).
+MIN_ENCODABLE_MS = 85
+
+
+@dataclass
+class PendingCommit:
+    """An `audio_commit` sent on to the audio service, waiting for its answer: an utterance (its turn) or
+    a drop (an error event under the commit's turn id)."""
+
+    turn_id: str  # as the client sent it; empty = the server names the turn
+    media: list[MediaRequest] = field(default_factory=list)
 
 
 class Conversation:
@@ -50,9 +65,11 @@ class Conversation:
         self._voice: VoiceInput | None = None
         self._voice_format: VoiceFormat | None = None
         self._speech_end_ns: int | None = None
-        # Push-to-talk: what the client's commit said about the utterance it closes.
-        self._commit_turn_id = ""
-        self._commit_media: list[MediaRequest] = []
+        # Commits in the order sent. Every one is answered: the audio service answers each with an
+        # utterance or a drop, in order. A VAD decision already on its way when a commit is sent can take
+        # that commit's answer (the turn then carries the commit's id); the commit's own answer, finding
+        # no commit waiting, is then dropped.
+        self._commits: deque[PendingCommit] = deque()
         # The server is shutting down (services.orchestrator.draining): new turns are refused.
         self._stopping = False
 
@@ -79,6 +96,8 @@ class Conversation:
             self._voice_format = VoiceFormat(start.input_sample_rate_hz, encoding)
 
     def start_text_turn(self, message: assistant_pb2.UserTurn) -> None:
+        if not self._valid_turn_id(message.turn_id):
+            return
         turn_id = message.turn_id or uuid.uuid4().hex
         try:
             self._check_can_start()
@@ -89,6 +108,8 @@ class Conversation:
         self._launch(pending)
 
     def cancel_turn(self, turn_id: str) -> None:
+        if not self._valid_turn_id(turn_id):
+            return
         if not self.turn_running or (turn_id and turn_id != self._turn.turn_id):
             self.send_error(turn_id, "FAILED_PRECONDITION", "no such turn is running")
             return
@@ -96,6 +117,8 @@ class Conversation:
 
     def report_playback(self, position: assistant_pb2.PlaybackPosition) -> None:
         """A position for a turn that is no longer running (it arrived late) changes nothing."""
+        if not self._valid_turn_id(position.turn_id):
+            return
         turn = self._turn
         if turn is not None and turn.active and position.turn_id in ("", turn.turn_id):
             turn.report_playback(position.played_ms)
@@ -112,28 +135,39 @@ class Conversation:
             await voice.append(pcm)
 
     async def commit_audio(self, commit: assistant_pb2.AudioCommit) -> None:
-        voice = self._voice_input()
+        """Every commit is answered: by its turn, or by an error event under its turn id."""
+        if not self._valid_turn_id(commit.turn_id):
+            return
+        voice = self._voice_input(commit.turn_id)
         if voice is None:
             return
         try:
-            self._commit_media = self._inputs.media_requests(commit.media, self.session.config)
+            pending = PendingCommit(commit.turn_id, self._inputs.media_requests(commit.media, self.session.config))
         except TurnRejected as rejected:
             self.send_error(commit.turn_id, rejected.code, rejected.message)
             return
-        self._commit_turn_id = commit.turn_id
         self._speech_end_ns = time.perf_counter_ns()
-        await voice.commit()
+        # Waiting before it is sent: the answer may come back while the write is still in progress.
+        self._commits.append(pending)
+        try:
+            await voice.commit()
+        except NothingToCommit as nothing:
+            self._commits.remove(pending)
+            self.send_error(commit.turn_id, nothing.code, nothing.message)
 
     async def shutdown(self) -> None:
         """The stream ended (client left or the server stops): stop the turn, keep what was heard."""
         if self._voice is not None:
             await self._voice.close()
-        if self.turn_running:
-            self._turn.cancel(CancelReason.DISCONNECT)
+        turn = self._turn
+        if turn is not None and turn.active:
+            turn.cancel(CancelReason.DISCONNECT)
+        while turn is not None:  # the turn, and one it was launched behind that is still recording
             try:
-                await self._turn.wait()
+                await turn.wait()
             except asyncio.CancelledError:
                 pass  # the turn is shielded: it still records what was heard
+            turn = turn.previous
 
     async def wait_idle(self) -> None:
         if self._turn is not None:
@@ -145,17 +179,25 @@ class Conversation:
 
     # ----- voice -----
 
-    def _voice_input(self) -> VoiceInput | None:
+    def _valid_turn_id(self, turn_id: str) -> bool:
+        """An empty id is fine (the server names the turn); a bad one is refused without quoting it."""
+        problem = id_problem("turn_id", turn_id, required=False)
+        if problem is not None:
+            self.send_error("", "INVALID_ARGUMENT", problem)
+        return problem is None
+
+    def _voice_input(self, turn_id: str = "") -> VoiceInput | None:
+        """The stream's voice input; None (with an error under `turn_id`) when audio cannot be taken."""
         if self._voice is not None:
             return self._voice
         if self._deps.audio is None:
-            self.send_error("", "FAILED_PRECONDITION", "audio input is not served by this deployment")
+            self.send_error(turn_id, "FAILED_PRECONDITION", "audio input is not served by this deployment")
             return None
         fmt = self._voice_format
         if fmt is None or not MIN_SAMPLE_RATE_HZ <= fmt.sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
             declared = "no sample rate" if fmt is None or not fmt.sample_rate_hz else f"{fmt.sample_rate_hz} Hz"
             self.send_error(
-                "", "INVALID_ARGUMENT",
+                turn_id, "INVALID_ARGUMENT",
                 f"declare the audio's sample rate in `start` (input_sample_rate_hz between {MIN_SAMPLE_RATE_HZ} "
                 f"and {MAX_SAMPLE_RATE_HZ}); got {declared}",
             )
@@ -166,9 +208,18 @@ class Conversation:
             fmt,
             VadParameters(**self.session.config.vad.model_dump()),
             self._on_voice_event,
-            lambda error: self.send_error("", error.code, error.message),
+            self._on_voice_error,
+            lambda: bool(self._commits),
         )
         return self._voice
+
+    def _on_voice_error(self, error) -> None:
+        """The audio stream failed: the commits waiting on it get the error as their answer; without
+        any, it is a stream-level error."""
+        if not self._commits:
+            self.send_error("", error.code, error.message)
+        while self._commits:
+            self.send_error(self._commits.popleft().turn_id, error.code, error.message)
 
     async def _on_voice_event(self, event) -> None:
         if isinstance(event, VoiceSpeechStarted):
@@ -182,18 +233,37 @@ class Conversation:
             self.outbox.send_event(speech_stopped=assistant_pb2.SpeechStopped(offset_ms=event.offset_ms))
         elif isinstance(event, VoiceUtterance):
             await self._start_audio_turn(event)
-        elif isinstance(event, VoiceDropped) and event.reason == "too_long":
-            limit = self.session.config.vad.max_utterance_ms
-            self.send_error("", "RESOURCE_EXHAUSTED",
-                            f"the utterance ran past the {limit} ms limit (vad.max_utterance_ms) and was discarded")
+        elif isinstance(event, VoiceDropped):
+            self._on_dropped(event)
+
+    def _on_dropped(self, dropped: VoiceDropped) -> None:
+        """An utterance that makes no turn. It answers the oldest waiting commit; without one it was a
+        VAD decision, which only a too-long utterance reports (a short one was a click or a cough)."""
+        vad = self.session.config.vad
+        if dropped.reason == "too_long":
+            code = "RESOURCE_EXHAUSTED"
+            message = f"the utterance ran past the {vad.max_utterance_ms} ms limit (vad.max_utterance_ms) and was discarded"
+        elif dropped.reason == "too_short":
+            code = "INVALID_ARGUMENT"
+            minimum = f"vad.min_utterance_ms, {vad.min_utterance_ms}" if vad.enabled else f"the encoder's minimum, {MIN_ENCODABLE_MS}"
+            message = f"the utterance was {dropped.duration_ms} ms, under {minimum} ms, and was not used"
+        elif dropped.reason == "empty":
+            code = "FAILED_PRECONDITION"
+            message = f"nothing to commit: no {'speech' if vad.enabled else 'audio'} since the last commit"
+        else:
+            return  # cancelled: the stream is going away
+        if self._commits:
+            self.send_error(self._commits.popleft().turn_id, code, message)
+        elif dropped.reason == "too_long":
+            self.send_error("", code, message)
 
     async def _start_audio_turn(self, utterance: VoiceUtterance) -> None:
-        turn_id = self._commit_turn_id or uuid.uuid4().hex
+        commit = self._commits.popleft() if self._commits else PendingCommit("")
+        turn_id = commit.turn_id or uuid.uuid4().hex
         if self._stopping:
             self.send_error(turn_id, "UNAVAILABLE", "the server is shutting down; reconnect to continue this session")
             return
-        media = self._commit_media
-        self._commit_turn_id, self._commit_media = "", []
+        media = commit.media
         speech_end_ns = self._speech_end_ns or time.perf_counter_ns()
         self._speech_end_ns = None
         if self.turn_running:
@@ -215,7 +285,7 @@ class Conversation:
     def _check_can_start(self) -> None:
         if self._stopping:
             raise TurnRejected("UNAVAILABLE", "the server is shutting down; reconnect to continue this session")
-        if self.turn_running:
+        if self._turn is not None and self._turn.busy:
             # FAILED_PRECONDITION, not ABORTED: retrying at once cannot succeed; the client must wait for
             # turn_completed, or send cancel (or barge in by voice) first.
             raise TurnRejected(
@@ -230,7 +300,7 @@ class Conversation:
         handle = TurnHandle(TurnDelivery(
             turn_id=pending.turn_id, input_kind=pending.input_kind, input_end_ns=pending.input_end_ns,
             speech_end_ns=pending.speech_end_ns,
-        ))
+        ), previous=self._turn)
         runner = TurnRunner(self._deps, self._tenant, self.session, self.outbox, handle, pending, self._set_session)
         self._turn = handle
         # One trace per turn (shared.tracing; no-op spans when tracing is off).

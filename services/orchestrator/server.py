@@ -12,6 +12,7 @@ from services.orchestrator import metrics
 from services.orchestrator.auth import ApiKeys
 from services.orchestrator.backends import BackendError
 from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.ids import id_problem
 from services.orchestrator.conversation import CLOSE, Conversation, ConversationDeps
 from services.orchestrator.draining import SHUTTING_DOWN, LiveConversations
 from services.orchestrator.deadlines import CallDeadlines
@@ -23,6 +24,7 @@ from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
 from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreUnavailable
+from services.orchestrator.wire import Unparseable, add_assistant_to_server
 from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
@@ -94,6 +96,23 @@ def session_to_proto(record: SessionRecord, history: list[TurnRecord], running_t
     )
 
 
+async def _require_parsed(request, context) -> None:
+    if isinstance(request, Unparseable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
+_KNOWN_ENCODINGS = ", ".join(
+    name for name in assistant_pb2.AudioEncoding.keys() if name != "AUDIO_ENCODING_UNSPECIFIED"
+)
+
+
+def input_format_problem(start: assistant_pb2.ConverseStart) -> str | None:
+    """A `start` whose audio encoding is not one this API defines (proto3 enums carry any number)."""
+    if start.input_encoding not in assistant_pb2.AudioEncoding.values():
+        return f"input_encoding {start.input_encoding} is not a known AudioEncoding; use one of {_KNOWN_ENCODINGS}"
+    return None
+
+
 class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     def __init__(self, settings: OrchestratorSettings, api_keys: ApiKeys):
         self._settings = settings
@@ -108,6 +127,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     async def CreateSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
+        await _require_parsed(request, context)
         try:
             config = settings_from_proto(request.config, self._settings)
         except InvalidConfig as exc:
@@ -118,6 +138,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     async def GetSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
+        await _require_parsed(request, context)
         record = await self._session_or_abort(tenant, request.session_id, context)
         history = await self._deps.store.history(tenant, record.session_id)
         running = await self._deps.store.running_turn(tenant, record.session_id)
@@ -126,14 +147,16 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     async def DeleteSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
+        await _require_parsed(request, context)
         record = await self._session_or_abort(tenant, request.session_id, context)
         await self._deps.store.delete(tenant, record.session_id)
         await self._deps.pipeline.llm.release_session(record.session_id)
         return assistant_pb2.DeleteSessionResponse()
 
     async def _session_or_abort(self, tenant: str, session_id: str, context) -> SessionRecord:
-        if not session_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+        problem = id_problem("session_id", session_id)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             return await self._deps.store.get(tenant, session_id)
         except StoreUnavailable as error:
@@ -149,9 +172,13 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             first = await anext(request_iterator)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before its `start` event")
+        await _require_parsed(first, context)
         if first.WhichOneof("event") != "start":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first client event must be `start`")
         record = await self._session_or_abort(tenant, first.start.session_id, context)
+        problem = input_format_problem(first.start)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         conversation = Conversation(self._deps, tenant, record)
         conversation.configure_input(first.start)
         history = await self._deps.store.history(tenant, record.session_id)
@@ -184,6 +211,10 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     async def _read_client(self, request_iterator, conversation: Conversation) -> None:
         try:
             async for event in request_iterator:
+                if isinstance(event, Unparseable):
+                    # The stream's framing is intact: the event is refused and the stream goes on.
+                    conversation.send_error("", "INVALID_ARGUMENT", event.message)
+                    continue
                 kind = event.WhichOneof("event")
                 if kind == "turn":
                     conversation.start_text_turn(event.turn)
@@ -224,7 +255,7 @@ class OrchestratorApp:
         self._store: SessionStore | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        assistant_pb2_grpc.add_AssistantServicer_to_server(self._servicer, server)
+        add_assistant_to_server(self._servicer, server)
         return [assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name]
 
     async def load(self) -> None:

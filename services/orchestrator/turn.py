@@ -39,13 +39,19 @@ class TurnHandle:
     """Created when a turn is launched and kept by the conversation until the next one.
 
     A cancel stops whatever the turn is doing: before the reply, the whole turn (nothing is recorded);
-    while the reply streams, only the reply, and the turn goes on to record what the user heard.
+    while the reply streams, only the reply, and the turn goes on to record what the user heard. Either
+    way the cancel is answered (a flush, then the cancelled completion).
+
+    A turn that is being stopped, or whose final event is queued, no longer holds the stream: the next
+    turn may be launched at once, and it starts when this one has ended (`previous`).
     """
 
-    def __init__(self, delivery: TurnDelivery):
+    def __init__(self, delivery: TurnDelivery, previous: "TurnHandle | None" = None):
         self.delivery = delivery
+        self.previous = previous if previous is not None and previous.active else None
         self.state = TurnState.PENDING
         self.cancel_reason: CancelReason | None = None
+        self._settled = False  # its final event (completion or error) is queued
         self._cancelled_ns: int | None = None
         self._played_reported_ms: float | None = None
         self._task: asyncio.Task | None = None
@@ -58,6 +64,20 @@ class TurnHandle:
     @property
     def active(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def busy(self) -> bool:
+        """Running and not being stopped: a new turn on the stream must wait for its end or cancel it."""
+        return self.active and self.cancel_reason is None and not self._settled
+
+    def settle(self) -> None:
+        """Its final event is queued: what is left (releasing the lock) does not hold the next turn back."""
+        self._settled = True
+
+    async def wait_previous(self) -> None:
+        if self.previous is not None:
+            await self.previous.wait()
+            self.previous = None  # ended: no chain of past turns is kept alive
 
     def start(self, run: Coroutine) -> None:
         self._task = asyncio.create_task(run)

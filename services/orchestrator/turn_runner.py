@@ -66,12 +66,20 @@ class TurnRunner:
         return self._pending.turn_id
 
     async def run(self) -> None:
-        if not await self._lock():
-            return
         final: Outgoing | None = None  # completion or error: sent after the lock is released
-        refresher = asyncio.create_task(self._refresh_lock())
-        metrics.ACTIVE_TURNS.inc()
+        locking = False  # the lock may be ours (a cancel can land after Redis took it, before we heard)
+        refresher: asyncio.Task | None = None
         try:
+            await self._handle.wait_previous()  # a turn launched while the last one was being stopped
+            locking = True
+            try:
+                await self._deps.store.acquire_turn(self._tenant, self._session.session_id, self._turn_id)
+            except TurnInProgress as busy:
+                locking = False
+                raise _TurnFailed("FAILED_PRECONDITION",
+                                  f"turn {busy.running_turn_id} is still running on this session (another stream)") from None
+            refresher = asyncio.create_task(self._refresh_lock())
+            metrics.ACTIVE_TURNS.inc()
             request = await self._prepare()
             self._announce()
             await self._reply(request)
@@ -84,30 +92,29 @@ class TurnRunner:
         except StoreUnavailable as error:
             self._handle.fail()
             final = self._outbox.error_item(self._turn_id, "UNAVAILABLE", str(error))
+        except asyncio.CancelledError:
+            if self._handle.cancel_reason is None:
+                raise  # not a cancel of this turn: the server is stopping
+            # Stopped before its reply (nothing was said, nothing is recorded); the cancel is still
+            # answered, with the cancelled completion.
+            asyncio.current_task().uncancel()
+            self._outcome = self._handle.outcome(self._result)
+            final = Outgoing(turn=self._handle.delivery, build=self._completed_event)
         finally:
-            refresher.cancel()
-            self._observe()
-            try:
-                await asyncio.shield(self._deps.store.release_turn(self._tenant, self._session.session_id, self._turn_id))
-            except StoreUnavailable:
-                pass  # the store is down: the lock expires by its TTL
+            if refresher is not None:
+                refresher.cancel()
+                self._observe()
+            if locking:
+                try:
+                    await asyncio.shield(self._deps.store.release_turn(self._tenant, self._session.session_id, self._turn_id))
+                except StoreUnavailable:
+                    pass  # the store is down: the lock expires by its TTL
             # Last, after the lock is released: a client may start its next turn the moment it reads this.
             if final is not None:
+                self._handle.settle()
                 self._outbox.send(final)
 
     # ----- the steps -----
-
-    async def _lock(self) -> bool:
-        try:
-            await self._deps.store.acquire_turn(self._tenant, self._session.session_id, self._turn_id)
-        except TurnInProgress as busy:
-            self._outbox.send_error(self._turn_id, "FAILED_PRECONDITION",
-                                    f"turn {busy.running_turn_id} is still running on this session (another stream)")
-            return False
-        except StoreUnavailable as error:
-            self._outbox.send_error(self._turn_id, "UNAVAILABLE", str(error))
-            return False
-        return True
 
     async def _refresh_lock(self) -> None:
         interval = self._deps.settings.turn_lock_ttl_s / 3

@@ -1,11 +1,19 @@
 """Speech in for one Converse stream: PCM goes to the audio service as it arrives (features are computed
-while the user speaks); its VAD events and finished utterances come back to the conversation."""
+while the user speaks); its VAD events and finished utterances come back to the conversation.
+
+Clients may cut their audio anywhere, even inside a sample: bytes are held back until they make whole
+samples, so the audio service always receives whole samples. Audio the audio service refuses (NaN floats,
+a chunk over its size limit) ends that audio stream once, with one error; later audio is ignored until
+the client's next commit, instead of opening a new stream, and a new error, for every chunk.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from typing import Awaitable, Callable
+
+import grpc
 
 from services.orchestrator.backends import (
     AudioBackend,
@@ -21,6 +29,20 @@ log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE_HZ = 8000
 MAX_SAMPLE_RATE_HZ = 192000
+BYTES_PER_SAMPLE = {"pcm16": 2, "f32": 4}
+
+# Writing to a call that has already ended raises one of these; the call's status (what the client needs
+# to hear) arrives through its read side, so a failed write is not reported on its own.
+_WRITE_AFTER_END = (BackendError, asyncio.InvalidStateError, grpc.aio.UsageError)
+
+
+class NothingToCommit(Exception):
+    """A commit that the audio service must not see: its answer is this error."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class VoiceInput:
@@ -32,15 +54,20 @@ class VoiceInput:
         vad: VadParameters,
         on_event: Callable[[VoiceEvent], Awaitable[None]],
         on_error: Callable[[BackendError], None],
+        commit_waiting: Callable[[], bool],
     ):
         self._audio = audio
         self._ids = ids
         self._format = fmt
+        self._width = BYTES_PER_SAMPLE[fmt.encoding]
         self._vad = vad
         self._on_event = on_event
         self._on_error = on_error
+        self._commit_waiting = commit_waiting
         self._stream: VoiceStream | None = None
         self._pump: asyncio.Task | None = None
+        self._partial = b""  # the start of a sample whose other bytes have not arrived yet
+        self._refused: str | None = None  # why audio is ignored until the next commit
 
     async def _ensure_stream(self) -> VoiceStream:
         if self._stream is None:
@@ -49,33 +76,66 @@ class VoiceInput:
         return self._stream
 
     async def append(self, pcm: bytes) -> None:
-        try:
-            stream = await self._ensure_stream()
-            await stream.send(pcm)
-        except BackendError as error:
-            self._fail(error)
+        if self._refused is not None or not pcm:
+            return
+        data = self._partial + pcm
+        whole = len(data) - len(data) % self._width
+        self._partial = data[whole:]
+        if whole:
+            await self._write(lambda stream: stream.send(data[:whole]))
 
     async def commit(self) -> None:
+        """Forwards the commit; its answer comes back as an event (utterance or drop), or as the error
+        of a failed stream. Raises NothingToCommit when it cannot be forwarded."""
+        if self._refused is not None:
+            reason, self._refused = self._refused, None
+            raise NothingToCommit("FAILED_PRECONDITION", f"nothing to commit: {reason}")
+        if self._partial:
+            stray, self._partial = len(self._partial), b""
+            self._reset()  # the audio service drops the utterance in progress
+            raise NothingToCommit(
+                "INVALID_ARGUMENT",
+                f"the audio since the last commit ends inside a sample ({stray} stray bytes; "
+                f"{self._format.encoding} samples are {self._width} bytes), so it was discarded; send whole samples",
+            )
+        await self._write(lambda stream: stream.commit())
+
+    async def _write(self, write: Callable[[VoiceStream], Awaitable[None]]) -> None:
         try:
             stream = await self._ensure_stream()
-            await stream.commit()
         except BackendError as error:
             self._fail(error)
+            return
+        try:
+            await write(stream)
+        except _WRITE_AFTER_END:
+            pass  # the stream has ended: its pump reports why
 
     async def _pump_events(self, stream: VoiceStream) -> None:
         try:
             async for event in stream.events():
                 await self._on_event(event)
         except BackendError as error:
-            self._fail(error)
+            if stream is self._stream:
+                self._fail(error)
+            return
+        if stream is self._stream:
+            # The audio service ended the stream without an error (it only does so after a half-close,
+            # which the orchestrator never sends): the next audio opens a new one.
+            self._reset()
 
     def _fail(self, error: BackendError) -> None:
-        """The audio stream ended with an error (bad PCM, service down): report it; the next audio opens
-        a fresh stream, and the session is untouched."""
+        """The audio stream ended with an error. Audio the client got wrong makes later audio wait for
+        the next commit (unless one is already on its way: the error is its answer); anything else (the
+        service restarting) lets the next audio open a new stream. The session is untouched either way."""
         self._reset()
+        if error.code == "INVALID_ARGUMENT" and not self._commit_waiting():
+            self._refused = f"the audio was refused ({error.message})"
+            error = BackendError(error.code, f"{error.message}; audio is ignored until the next audio_commit")
         self._on_error(error)
 
     def _reset(self) -> None:
+        self._partial = b""
         if self._stream is not None:
             self._stream.close()
         if self._pump is not None and self._pump is not asyncio.current_task():

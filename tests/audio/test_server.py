@@ -286,13 +286,15 @@ async def test_too_long_push_to_talk_is_dropped_and_the_stream_goes_on(audio: Se
     events = await stream(audio.stub, messages)
     assert kinds(events) == [
         "speech_started", "speech_stopped", "dropped",
+        "dropped",  # the commit that ends the discarded audio is answered
         "speech_started", "speech_stopped", "utterance",
         "dropped",
     ]
     assert (events[2].dropped.reason, events[2].dropped.duration_ms) == (audio_pb2.DROP_REASON_TOO_LONG, 1000)
     assert events[1].speech_stopped.offset_ms == 1000
-    check_utterance(events[5], 1, 8000)
-    assert events[6].dropped.reason == audio_pb2.DROP_REASON_EMPTY
+    assert events[3].dropped.reason == audio_pb2.DROP_REASON_EMPTY
+    check_utterance(events[6], 2, 8000)
+    assert events[7].dropped.reason == audio_pb2.DROP_REASON_EMPTY
     assert sample("vita_audio_utterances_total", outcome="too_long") == too_long_before + 1
 
 

@@ -200,7 +200,8 @@ def test_push_to_talk_empty_short_cancelled_and_too_long(engine):
     assert kinds(events) == ["SpeechStarted", "SpeechStopped", "UtteranceDropped"]
     assert events[1].reason is StopReason.MAX_LENGTH and events[2].reason is DropReason.TOO_LONG
     assert push_in_chunks(stream, noise(0.3, 0.1), 16000) == []  # discarded until the commit
-    assert stream.commit() == []
+    (answer,) = stream.commit()  # the commit is still answered
+    assert isinstance(answer, UtteranceDropped) and answer.reason is DropReason.EMPTY
 
 
 def test_bad_chunks_raise_and_leave_the_stream_usable(engine):

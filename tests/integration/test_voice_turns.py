@@ -146,7 +146,9 @@ async def test_bad_audio_inputs_get_clear_errors_and_the_session_survives(stack)
                 conv.call.cancel()
         conv = await open_voice(client, session_id, 16000)
         try:
-            await conv.send(audio=assistant_pb2.AudioAppend(data=b"\x00\x00\x00"))  # odd byte count
+            # An odd byte count: held back until the next byte completes the sample; a commit ends it.
+            await conv.send(audio=assistant_pb2.AudioAppend(data=b"\x00\x00\x00"))
+            await conv.send(audio_commit=assistant_pb2.AudioCommit(turn_id="odd"))
             error = (await conv.read()).event.error
             assert error.code == INVALID_ARGUMENT and "byte" in error.message
         finally:
