@@ -9,6 +9,7 @@ import grpc
 from pydantic import ValidationError
 
 from services.orchestrator import metrics
+from services.orchestrator.admission import Admission, AdmissionLimits, AdmissionRefused
 from services.orchestrator.auth import ApiKeys
 from services.orchestrator.backends import BackendError
 from services.orchestrator.config import OrchestratorSettings
@@ -29,6 +30,7 @@ from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
 from shared.keepalive import Keepalive
+from shared.retry_hint import abort_exhausted
 from shared.session_settings import describe
 from shared.settings import ServiceSettings
 from shared.tokenizer import QwenTokenizer
@@ -113,6 +115,12 @@ def input_format_problem(start: assistant_pb2.ConverseStart) -> str | None:
     return None
 
 
+async def abort_refused(context: grpc.aio.ServicerContext, refused: AdmissionRefused) -> None:
+    if refused.code == "RESOURCE_EXHAUSTED":
+        await abort_exhausted(context, refused.message, refused.retry_after_ms)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, refused.message)
+
+
 class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
     def __init__(self, settings: OrchestratorSettings, api_keys: ApiKeys):
         self._settings = settings
@@ -133,6 +141,11 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
         except InvalidConfig as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         record = await self._deps.store.create(tenant, config)
+        try:
+            await self._deps.admission.add_session(tenant, record.session_id)
+        except AdmissionRefused as refused:  # the tenant's session limit (counted after the create: atomic)
+            await self._deps.store.delete(tenant, record.session_id)
+            await abort_refused(context, refused)
         return assistant_pb2.CreateSessionResponse(session=session_to_proto(record, [], ""))
 
     async def GetSession(self, request, context):
@@ -150,6 +163,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
         await _require_parsed(request, context)
         record = await self._session_or_abort(tenant, request.session_id, context)
         await self._deps.store.delete(tenant, record.session_id)
+        await self._deps.admission.remove_session(tenant, record.session_id)
         await self._deps.pipeline.llm.release_session(record.session_id)
         return assistant_pb2.DeleteSessionResponse()
 
@@ -253,6 +267,7 @@ class OrchestratorApp:
         self._servicer = AssistantServicer(settings, self._keys)
         self._channels: list[grpc.aio.Channel] = []
         self._store: SessionStore | None = None
+        self._admission: Admission | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         add_assistant_to_server(self._servicer, server)
@@ -263,6 +278,7 @@ class OrchestratorApp:
             log.warning("no API keys configured: the Assistant API is open to every caller on this address")
         settings = self._settings
         self._store = SessionStore.from_url(settings.redis_url, settings.session_ttl_s, settings.turn_lock_ttl_s)
+        self._admission = Admission.from_url(settings.redis_url, AdmissionLimits.from_settings(settings))
         await self._store.ping()
         # TLS (mTLS with a client certificate) to the model services once VITA_TLS_CA is set.
         internal_tls = tls.channel_credentials(self._common)
@@ -302,6 +318,7 @@ class OrchestratorApp:
                 llm_facts=facts,
                 media=MediaLibrary(self._store, vision, audio, settings.embedding_cache_bytes),
                 audio=audio,
+                admission=self._admission,
             )
         )
 
@@ -325,3 +342,5 @@ class OrchestratorApp:
             await channel.close()
         if self._store is not None:
             await self._store.close()
+        if self._admission is not None:
+            await self._admission.close()

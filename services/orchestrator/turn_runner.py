@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from services.orchestrator import metrics
+from services.orchestrator.admission import Admission, AdmissionRefused
 from services.orchestrator.backends import AudioBackend, BackendError, CallIds, LLMFacts
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.delivery import Outgoing
@@ -32,6 +33,7 @@ class ConversationDeps:
     llm_facts: LLMFacts
     media: MediaLibrary
     audio: AudioBackend | None = None
+    admission: Admission | None = None
 
 
 class _TurnFailed(Exception):
@@ -122,8 +124,20 @@ class TurnRunner:
             await asyncio.sleep(interval)
             await self._deps.store.refresh_turn(self._tenant, self._session.session_id, self._turn_id)
 
+    async def _admit(self) -> None:
+        """Admission control (services/orchestrator/admission.py): turns in flight here, the tenant's turns
+        per minute. The slot is freed when the turn's task ends, however it ends."""
+        if self._deps.admission is None:
+            return
+        try:
+            release = await self._deps.admission.start_turn(self._tenant, self._session.session_id)
+        except AdmissionRefused as refused:
+            raise _TurnFailed(refused.code, refused.message) from None
+        asyncio.current_task().add_done_callback(lambda _: release())
+
     async def _prepare(self) -> ReplyRequest:
         """Reloads the session and its history, encodes the turn's media and builds the prompt."""
+        await self._admit()
         store, pending = self._deps.store, self._pending
         try:
             self._session = await store.get(self._tenant, self._session.session_id)
