@@ -10,11 +10,14 @@ import time
 import grpc
 import pytest
 
-from services.orchestrator.backends import BackendError, CallIds, LLMDelta, LLMDone, TokenPiece
+from services.orchestrator.backends import (
+    BackendError, CallIds, LLMDelta, LLMDone, TokenPiece, VadParameters, VoiceDropped, VoiceFormat,
+)
 from services.orchestrator.deadlines import CallDeadlines
-from services.orchestrator.grpc_backends import GrpcLLM, GrpcSpeech
+from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech
 from services.orchestrator.replicas import Replicas, replica_addresses
 from shared.channels import open_channel
+from vita.audio.v1 import audio_pb2, audio_pb2_grpc
 from vita.llm.v1 import llm_pb2, llm_pb2_grpc
 from vita.speech.v1 import speech_pb2, speech_pb2_grpc
 
@@ -223,6 +226,46 @@ async def test_an_idle_speech_stream_that_owes_nothing_is_not_timed_out():
         event = await asyncio.wait_for(reader, 10)
         assert event.segment_index == 0
         stream.cancel()
+    finally:
+        await group.channels[0].close()
+        await server.stop(0)
+
+
+class ScriptedAudio(audio_pb2_grpc.AudioServicer):
+    """Takes audio and commits; answers a commit with a drop unless `silent`."""
+
+    def __init__(self, silent: bool):
+        self.silent = silent
+
+    async def StreamAudio(self, request_iterator, context):
+        async for message in request_iterator:
+            if message.HasField("commit") and not self.silent:
+                yield audio_pb2.AudioOutput(dropped=audio_pb2.UtteranceDropped(duration_ms=0))
+
+
+@pytest.mark.parametrize("silent", [False, True])
+async def test_an_audio_commit_is_answered_within_the_deadline_or_fails(silent):
+    server, address = await serve(ScriptedAudio(silent), audio_pb2_grpc.add_AudioServicer_to_server)
+    group = replicas("audio", address)
+    vad = VadParameters(enabled=False, start_threshold=0.5, end_threshold=0.35, min_silence_ms=500,
+                        pre_roll_ms=300, min_utterance_ms=200, max_utterance_ms=30000)
+    try:
+        stream = await GrpcAudio(group, FAST).open_stream(IDS, VoiceFormat(16000, "pcm16"), vad)
+        events = stream.events()
+        idle = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(1.5)  # no commit yet: nothing is owed, an idle stream is not timed out
+        assert not idle.done()
+        await stream.send(b"\0\0" * 1600)
+        await stream.commit()
+        if silent:
+            with pytest.raises(BackendError) as late:
+                await asyncio.wait_for(idle, 10)
+            assert late.value.code == "DEADLINE_EXCEEDED"
+            assert "audio service did not answer the audio commit within 0.6 s" in late.value.message
+        else:
+            assert isinstance(await asyncio.wait_for(idle, 10), VoiceDropped)
+        stream.close()
+        await events.aclose()
     finally:
         await group.channels[0].close()
         await server.stop(0)
