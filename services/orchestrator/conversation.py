@@ -270,7 +270,7 @@ class Conversation:
             # A barged-in reply is still recording what was heard: the new turn follows it.
             await self.wait_idle()
         key = content_id("audio", utterance.pcm16k)
-        blob_key = await self._deps.store.put_blob(self._tenant, key, utterance.pcm16k)
+        blob_key = await self._deps.store.put_blob(self._tenant, key, utterance.pcm16k, session_id=self.session.session_id)
         piece = MediaPiece(key, utterance.clip.num_rows, utterance.clip.rows)
         self._deps.media.remember(piece)
         ref = MediaRef(kind="audio", content_id=key, num_rows=piece.num_rows, blob_key=blob_key, source="audio")

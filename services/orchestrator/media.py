@@ -117,7 +117,7 @@ class MediaLibrary:
             encoded = await self._run_encoder(ids, request)
             rows = encoded.rows
             self._cache.put(key, rows)
-        blob_key = await self._store.put_blob(tenant, key, blob)
+        blob_key = await self._store.put_blob(tenant, key, blob, session_id=ids.session_id)
         kind = "video" if request.kind == "frames" else request.kind
         ref = MediaRef(kind=kind, content_id=key, num_rows=rows.num_rows, blob_key=blob_key,
                        max_tiles=request.max_tiles, source=request.kind)

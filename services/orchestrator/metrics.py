@@ -1,5 +1,7 @@
 """Metrics of the orchestrator (vita_orchestrator_*): what users feel, and where each turn's time went."""
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import COMPUTE_BUCKETS_S, LATENCY_BUCKETS_S, RpcMetrics
@@ -35,3 +37,11 @@ REDIS_SECONDS = Histogram(
     "vita_orchestrator_redis_seconds", "Redis operation latency", ["operation"], buckets=COMPUTE_BUCKETS_S
 )
 ERRORS = Counter("vita_orchestrator_turn_errors_total", "Turn errors sent to clients by gRPC code", ["code"])
+ASYNCIO_TASKS = Gauge(
+    "vita_orchestrator_asyncio_tasks", "asyncio tasks alive on the serving event loop (a leak makes it grow)"
+)
+
+
+def watch_event_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Reads the task count at scrape time (from the metrics server's thread; all_tasks copies the set)."""
+    ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))

@@ -274,6 +274,7 @@ class OrchestratorApp:
         return [assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name]
 
     async def load(self) -> None:
+        metrics.watch_event_loop(asyncio.get_running_loop())
         if not self._keys.enabled:
             log.warning("no API keys configured: the Assistant API is open to every caller on this address")
         settings = self._settings

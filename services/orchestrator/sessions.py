@@ -4,7 +4,8 @@ Keys (all expire `session_ttl_s` after the session's last turn):
   vita:{tenant}:session:{id}   SessionRecord JSON
   vita:{tenant}:history:{id}   list of TurnRecord JSON, oldest first
   vita:{tenant}:turn:{id}      id of the running turn (a lock with a short, refreshed TTL)
-  vita:{tenant}:blob:{sha256}  media bytes referenced by history (re-encoding after a cache miss)
+  vita:{tenant}:blob:{id}:{sha256}  media bytes referenced by history (re-encoding after a cache miss)
+  vita:{tenant}:blobs:{id}     set of the session's blob keys, so that deleting the session deletes them
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ class SessionStore:
         return raw.decode() if raw else ""
 
     async def delete(self, tenant: str, session_id: str) -> bool:
-        keys = [self._key(tenant, kind, session_id) for kind in ("session", "history", "turn")]
+        keys = [self._key(tenant, kind, session_id) for kind in ("session", "history", "turn", "blobs")]
         async with _timed("delete"):
-            removed = await self._redis.delete(*keys)
+            blobs = await self._redis.smembers(self._key(tenant, "blobs", session_id))
+            removed = await self._redis.delete(*keys, *blobs)
         return removed > 0
 
     async def append_turn(self, tenant: str, session_id: str, turn: TurnRecord) -> None:
@@ -135,10 +137,17 @@ class SessionStore:
         async with _timed("lock"):
             await self._redis.eval(_RELEASE_IF_OWNER, 1, self._key(tenant, "turn", session_id), turn_id)
 
-    async def put_blob(self, tenant: str, content_id: str, data: bytes) -> str:
-        key = f"vita:{tenant}:blob:{content_id}"
+    async def put_blob(self, tenant: str, content_id: str, data: bytes, *, session_id: str) -> str:
+        """Stores media bytes for the session's history; the key is the session's own (not shared by content
+        across sessions), so that deleting the session leaves nothing behind."""
+        key = self._key(tenant, "blob", f"{session_id}:{content_id}")
+        owned = self._key(tenant, "blobs", session_id)
         async with _timed("put_blob"):
-            await self._redis.set(key, data, ex=self._ttl_s)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, data, ex=self._ttl_s)
+                pipe.sadd(owned, key)
+                pipe.expire(owned, self._ttl_s)
+                await pipe.execute()
         return key
 
     async def get_blob(self, key: str) -> bytes | None:
