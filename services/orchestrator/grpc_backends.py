@@ -281,6 +281,7 @@ class GrpcSpeechStream:
                 return
             except BackendError as error:
                 if not self._may_retry(error):
+                    self._hold(None)
                     raise
                 self._attempt += 1
 

@@ -269,3 +269,15 @@ async def test_an_audio_commit_is_answered_within_the_deadline_or_fails(silent):
     finally:
         await group.channels[0].close()
         await server.stop(0)
+
+
+async def test_a_speech_stream_that_cannot_open_anywhere_holds_no_replica():
+    group = replicas("speech", "127.0.0.1:1", "127.0.0.1:2")  # nothing listens
+    try:
+        with pytest.raises(BackendError) as failed:
+            await GrpcSpeech(group, FAST).open(IDS)
+        assert failed.value.code == "UNAVAILABLE" and "speech service is unavailable" in failed.value.message
+        assert [replica.in_flight for replica in group.replicas] == [0, 0]
+    finally:
+        for channel in group.channels:
+            await channel.close()
