@@ -74,8 +74,15 @@ def cmd_up(args) -> int:
     from apps.launcher import Stack
 
     stop = threading.Event()
+    starting = True
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if starting:  # abandon the start: Stack.start stops what it started, in order
+            raise KeyboardInterrupt
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     data_dir = Path(args.data_dir).expanduser()
     stack = Stack(_stack_config(args, Path(args.log_dir) if args.log_dir else None, data_dir))
     print(f"starting the {args.preset} stack (Redis, {', '.join(stack.config.services)}, orchestrator)...", flush=True)
@@ -84,6 +91,10 @@ def cmd_up(args) -> int:
     except RuntimeError as error:  # a service that exits at start-up, a busy data directory
         print(f"vita up: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("stopped before the stack was up.", flush=True)
+        return 130
+    starting = False
     try:
         print(served_weights(args))
         for name, service in stack.services.items():
