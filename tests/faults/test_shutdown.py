@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 import sdk
+from apps.redis_server import LocalRedis
 from tests.faults.aof_redis import AofRedis
 from tests.integration.test_cli import alive, descendants
 
@@ -141,3 +143,21 @@ async def test_sigterm_with_redis_url_cuts_a_turn_past_the_drain_time_and_keeps_
     assert turn.outcome in ("completed", "cancelled")
     assert turn.reply_text and received.startswith(turn.reply_text)
     print(f"kept {len(turn.reply_text)} of {len(received)} characters received ({turn.outcome})")
+
+
+def test_a_redis_left_behind_by_a_killed_launcher_is_stopped_before_a_new_one_starts(tmp_path):
+    """SIGKILL of `vita up` cannot stop its Redis; the next `vita up` on that data directory must not run a
+    second server on the same append-only file."""
+    orphan = LocalRedis(tmp_path / "data")
+    redis.Redis.from_url(orphan.start()).set("session", "kept")
+    orphan_pid = orphan._process.pid
+    orphan._lock.close()  # what the launcher's death does; its Redis runs on
+    orphan._lock = None
+    successor = LocalRedis(tmp_path / "data")
+    try:
+        assert redis.Redis.from_url(successor.start()).get("session") == b"kept"
+        assert orphan._process.wait(5) == 0  # it was stopped, cleanly
+        assert successor._process.pid != orphan_pid
+    finally:
+        successor.stop()
+        orphan.stop()
