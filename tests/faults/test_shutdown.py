@@ -5,6 +5,7 @@ directory (or the same REDIS_URL) has the session with the delivered part of the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import sdk
 from apps.redis_server import LocalRedis
@@ -161,3 +164,49 @@ def test_a_redis_left_behind_by_a_killed_launcher_is_stopped_before_a_new_one_st
     finally:
         successor.stop()
         orphan.stop()
+
+
+async def _health(address: str) -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_a_draining_orchestrator_refuses_new_turns_finishes_the_running_one_and_ends_the_stream(stack):
+    orchestrator = await asyncio.to_thread(stack.spawn_orchestrator)
+    try:
+        async with sdk.AsyncClient(orchestrator.address) as client:
+            session = await client.create_session(sdk.SessionConfig(seed=5, max_reply_tokens=40))
+            async with client.conversation(session.session_id, reconnect=None) as conv:
+                running = await conv.send_text("Tell me a long story about a lighthouse keeper and the sea.")
+                async for event in running.events():
+                    if isinstance(event, sdk.AudioChunk):
+                        break
+                orchestrator.process.send_signal(signal.SIGTERM)
+                for _ in range(100):  # health turns NOT_SERVING as the drain begins
+                    if await _health(orchestrator.address) != "SERVING":
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                with pytest.raises(sdk.TurnFailed) as refused:
+                    await (await conv.send_text("And another one?")).result(timeout=30)
+                result = await running.result(timeout=60)
+                ended = None
+                while ended is None:
+                    event = await conv.next_event(timeout=30)
+                    ended = event if isinstance(event, sdk.StreamEnded) else None
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.message
+        assert result.outcome in ("completed", "cancelled") and result.text
+        assert ended.code == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.details
+        assert await asyncio.to_thread(orchestrator.process.wait, 30) == 0
+    finally:
+        await asyncio.to_thread(orchestrator.stop, 10)
+    async with sdk.AsyncClient(stack.address) as client:
+        stored = await client.get_session(session.session_id)
+    [kept] = stored.history  # the refused turn left nothing
+    assert kept.reply_text and result.text.startswith(kept.reply_text)
+    if result.outcome == "completed":  # it finished within the drain time: stored whole
+        assert kept.reply_text == result.text
