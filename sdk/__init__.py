@@ -9,6 +9,7 @@ See docs/SDK.md. Importing it needs grpc and the generated stubs, not torch.
 """
 
 from sdk.channel import tls_credentials
+from shared.keepalive import Keepalive
 from sdk.client import AsyncClient
 from sdk.conversation import Conversation
 from sdk.errors import ConversationClosed, TurnFailed, TurnInterruptedError
@@ -36,7 +37,7 @@ from sdk.sessions import HistoryTurn, Session, SessionConfig, VoiceActivity
 from sdk.turn import Turn, TurnResult
 
 __all__ = [
-    "AsyncClient", "tls_credentials", "Conversation", "Turn", "TurnResult", "ReconnectPolicy",
+    "AsyncClient", "tls_credentials", "Keepalive", "Conversation", "Turn", "TurnResult", "ReconnectPolicy",
     "Session", "SessionConfig", "VoiceActivity", "HistoryTurn",
     "AudioFormat", "Image", "Video", "Media",
     "Event", "Ready", "TurnStarted", "TextDelta", "AudioChunk", "SpeechStarted", "SpeechStopped",

@@ -11,9 +11,8 @@ import pytest
 
 import sdk
 from apps.launcher import Stack, StackConfig
-from shared.keepalive import Keepalive
 
-KEEPALIVE = Keepalive(time_ms=1000, timeout_ms=5000)
+KEEPALIVE = sdk.Keepalive(time_ms=1000, timeout_ms=5000)
 IDLE_PERIODS = 5
 
 
