@@ -256,8 +256,20 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
         loop.add_signal_handler(signum, stop.set)
 
     started = time.perf_counter()
+    loading = asyncio.ensure_future(app.load())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not loading.done():
+        # Stopped while loading (an orchestrator still waiting for its LLM): nothing to drain.
+        log.info("%s stopped before it finished loading", app.name)
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await server.stop(0)
+        await app.close()
+        return
     try:
-        await app.load()
+        loading.result()
     except CheckpointError as error:
         # A bad checkpoint is an operator's mistake, not a crash: one clear line naming file and key.
         log.error("%s cannot start: %s", app.name, error)
