@@ -13,12 +13,9 @@ stream is not retried: the audio it has taken lives in the failed replica.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import re
-from contextlib import contextmanager
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import AsyncIterator
 
 import grpc
 
@@ -30,11 +27,6 @@ from services.orchestrator.backends import (
     LLMDone,
     LLMFacts,
     PromptPiece,
-    SpeechAudio,
-    SpeechDone,
-    SpeechEvent,
-    SpeechSegmentDone,
-    StageTime,
     TokenPiece,
     VadParameters,
     VoiceDropped,
@@ -45,117 +37,28 @@ from services.orchestrator.backends import (
     VoiceUtterance,
 )
 from services.orchestrator.deadlines import CallDeadlines, StreamWatch, deadline_error, within
-from services.orchestrator.replicas import Replica, Replicas
-from shared.retry_hint import retry_after_ms
+from services.orchestrator.grpc_calls import (  # noqa: F401 - re-exported: the backends' shared helpers
+    RETRYABLE,
+    GrpcBackend,
+    backend_error,
+    call_context,
+    reason_name,
+    rpc_errors,
+    stage_times,
+    wait_connected,
+)
+from services.orchestrator.grpc_speech import GrpcSpeech, GrpcSpeechStream  # noqa: F401 - re-exported
+from services.orchestrator.replicas import Replica
 from shared.wire_tensor import TensorDecodeError, WireTensor, concat_rows
 from shared.weights_info import describe as describe_weights
 from vita.audio.v1 import audio_pb2, audio_pb2_grpc
 from vita.common.v1 import common_pb2
 from vita.llm.v1 import llm_pb2, llm_pb2_grpc
-from vita.speech.v1 import speech_pb2, speech_pb2_grpc
 from vita.vision.v1 import vision_pb2, vision_pb2_grpc
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# Failures that leave nothing behind on the replica: the call may go to another one.
-RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
-# Writing to a call that has already ended raises one of these; its status arrives on the read side.
-_WRITE_AFTER_END = (asyncio.InvalidStateError, grpc.aio.UsageError)
-
-
-def call_context(ids: CallIds) -> common_pb2.CallContext:
-    ctx = common_pb2.CallContext(session_id=ids.session_id, turn_id=ids.turn_id)
-    if ids.seed is not None:
-        ctx.seed = ids.seed
-    return ctx
-
-
-def reason_name(enum_type, value: int) -> str:
-    """A reason enum as the lowercase word the backends use: FinishReason STOP → "stop"."""
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.DESCRIPTOR.name).upper() + "_"
-    return enum_type.Name(value).removeprefix(prefix).lower()
-
-
-def stage_times(timings) -> tuple[StageTime, ...]:
-    return tuple(StageTime(t.stage, t.queue_ns, t.compute_ns) for t in timings)
-
-
-def backend_error(service: str, error: grpc.aio.AioRpcError, stage: str | None = None,
-                  timeout_s: float | None = None) -> BackendError:
-    code = error.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        if stage is not None and timeout_s is not None:
-            return deadline_error(service, f"did not finish {stage}", timeout_s)
-        return BackendError("DEADLINE_EXCEEDED", f"the {service} service did not answer in time; try again shortly")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return BackendError("UNAVAILABLE", f"the {service} service is unavailable; try again shortly")
-    if code == grpc.StatusCode.INTERNAL:
-        # Internal details stay in the service's log; the client gets a message it can act on.
-        return BackendError("INTERNAL", f"the {service} service failed")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry_ms = retry_after_ms(error.trailing_metadata())
-        hint = f"; retry in {retry_ms} ms" if retry_ms else ""
-        return BackendError("RESOURCE_EXHAUSTED", f"the {service} service is at capacity{hint}")
-    return BackendError(code.name, error.details() or f"{service} call failed")
-
-
-@contextmanager
-def rpc_errors(service: str, stage: str | None = None, timeout_s: float | None = None):
-    """A failed call to a model service becomes a BackendError the turn can report."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as error:
-        raise backend_error(service, error, stage, timeout_s) from None
-
-
-async def wait_connected(channel: grpc.aio.Channel, service: str, timeout_s: float) -> None:
-    """Fails fast with UNAVAILABLE instead of letting a call hang on a dead address."""
-    try:
-        await asyncio.wait_for(channel.channel_ready(), timeout_s)
-    except asyncio.TimeoutError:
-        raise BackendError("UNAVAILABLE", f"the {service} service is unavailable; try again shortly") from None
-
-
-def as_replicas(service: str, source: Replicas | grpc.aio.Channel) -> Replicas:
-    return source if isinstance(source, Replicas) else Replicas(service, [Replica(service, source)], retry=False)
-
-
-def as_deadlines(source: CallDeadlines | float) -> CallDeadlines:
-    return source if isinstance(source, CallDeadlines) else CallDeadlines(connect_s=float(source))
-
-
-class _Backend:
-    """One model service: its replicas, a stub per replica, deadlines, and retry on another replica."""
-
-    service = ""
-    stub_class: type = object
-
-    def __init__(self, replicas: Replicas | grpc.aio.Channel, deadlines: CallDeadlines | float):
-        self._replicas = as_replicas(self.service, replicas)
-        self._deadlines = as_deadlines(deadlines)
-        self._stubs = {replica: self.stub_class(replica.channel) for replica in self._replicas.replicas}
-
-    async def _connected(self, replica: Replica):
-        await wait_connected(replica.channel, self.service, self._deadlines.connect_s)
-        return self._stubs[replica]
-
-    async def _call(self, attempt: Callable[[Replica], Awaitable[T]], key: str | None = None) -> T:
-        """`attempt` on the first replica; once more on another one if it failed retryably."""
-        attempts = self._replicas.attempts(key)
-        for index, replica in enumerate(attempts):
-            try:
-                with replica.busy():
-                    return await attempt(replica)
-            except BackendError as error:
-                if index + 1 == len(attempts) or error.code not in RETRYABLE:
-                    raise
-                log.warning("%s call to %s failed (%s); retrying on %s", self.service, replica.target, error.code,
-                            attempts[index + 1].target)
-        raise AssertionError("unreachable: attempts is never empty")
-
-
-class GrpcLLM(_Backend):
+class GrpcLLM(GrpcBackend):
     service = "llm"
     stub_class = llm_pb2_grpc.LLMStub
 
@@ -248,171 +151,6 @@ def _segment(piece: PromptPiece) -> llm_pb2.Segment:
     return llm_pb2.Segment(embeddings=span)
 
 
-class GrpcSpeechStream:
-    """One synthesis stream. Until its first event it may move to another replica: the start and the
-    segments pushed so far are replayed there. It owes audio while it holds unfinished segments, and its
-    end once `end` was sent."""
-
-    def __init__(self, speech: "GrpcSpeech", ids: CallIds, attempts: list[Replica]):
-        self._speech = speech
-        self._ids = ids
-        self._attempts = attempts
-        self._attempt = 0
-        self._call = None
-        self._segments: list[speech_pb2.SynthesizeRequest] = []
-        self._unfinished: set[int] = set()
-        self._ended = False
-        self._answered = False
-        self._cancelled = False
-        self._switch = asyncio.Lock()
-        self._held: Replica | None = None
-        self._watch = StreamWatch("speech", speech.deadlines, first_what="produced no audio for a text segment",
-                                  idle_what="stalled mid-reply: no audio")
-
-    @property
-    def _idle_s(self) -> float:
-        return self._speech.deadlines.idle_s
-
-    async def connect(self) -> None:
-        """Opens the call on the current replica, or on the next one when that fails retryably."""
-        while True:
-            try:
-                await self._open(self._attempts[self._attempt])
-                return
-            except BackendError as error:
-                if not self._may_retry(error):
-                    self._hold(None)
-                    raise
-                self._attempt += 1
-
-    def _may_retry(self, error: BackendError) -> bool:
-        return (not self._answered and not self._cancelled and error.code in RETRYABLE
-                and self._attempt + 1 < len(self._attempts))
-
-    def _hold(self, replica: Replica | None) -> None:
-        """Counts this stream against the replica it runs on (least-busy picks), and no longer the last."""
-        if self._held is not None:
-            self._held.in_flight -= 1
-        self._held = replica
-        if replica is not None:
-            replica.in_flight += 1
-
-    async def _open(self, replica: Replica) -> None:
-        self._hold(replica)
-        stub = await self._speech.connected(replica)
-        call = stub.Synthesize()
-        self._call = call
-        start = speech_pb2.SynthesizeRequest(start=speech_pb2.SynthesisStart(ctx=call_context(self._ids)))
-        for message in (start, *self._segments):
-            await self._write(call, message)
-        if self._ended:
-            await self._write(call, None)
-
-    async def _write(self, call, message: speech_pb2.SynthesizeRequest | None) -> None:
-        """One write (None = done writing) that the service must take within the idle deadline. A call
-        that has already ended is left to the read side, which has its status."""
-        step = call.write(message) if message is not None else call.done_writing()
-        try:
-            with rpc_errors("speech"):
-                await within(step, self._idle_s, deadline_error("speech", "did not take a text segment", self._idle_s))
-        except _WRITE_AFTER_END:
-            pass
-
-    async def _move_on(self, failed_call, error: BackendError) -> None:
-        """The call failed: reopen on the next replica if nothing came out yet, else raise `error`."""
-        async with self._switch:
-            if failed_call is not self._call:
-                return  # already moved on by the other side
-            if not self._may_retry(error):
-                raise error
-            failed_call.cancel()
-            log.warning("speech stream on %s failed before any audio (%s); retrying on %s",
-                        self._attempts[self._attempt].target, error.code, self._attempts[self._attempt + 1].target)
-            self._attempt += 1
-            self._watch.restart()
-            await self.connect()
-
-    async def push(self, index: int, text: str) -> None:
-        message = speech_pb2.SynthesizeRequest(segment=speech_pb2.TextSegment(index=index, text=text))
-        self._watch.owe()
-        await self._send(message, lambda: (self._segments.append(message), self._unfinished.add(index)))
-
-    async def end(self) -> None:
-        self._watch.owe()
-        await self._send(None, lambda: setattr(self, "_ended", True))
-
-    async def _send(self, message: speech_pb2.SynthesizeRequest | None, remember: Callable[[], object]) -> None:
-        """Remembers the message for a replay and writes it, both under the switch lock, so that a move to
-        another replica sends it exactly once."""
-        async with self._switch:
-            remember()
-            call = self._call
-            try:
-                await self._write(call, message)
-                return
-            except BackendError as error:
-                failed = error
-        await self._move_on(call, failed)  # the new call gets this message in the replay
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._hold(None)
-        if self._call is not None:
-            self._call.cancel()
-
-    async def events(self) -> AsyncIterator[SpeechEvent]:
-        try:
-            async for event in self._events():
-                yield event
-        finally:
-            self._hold(None)
-
-    async def _events(self) -> AsyncIterator[SpeechEvent]:
-        while True:
-            call = self._call
-            try:
-                with rpc_errors("speech"):
-                    response = await self._watch.read(call)
-            except BackendError as error:
-                await self._move_on(call, error)
-                continue
-            if response is grpc.aio.EOF:
-                return
-            self._answered = True
-            kind = response.WhichOneof("event")
-            if kind == "audio":
-                self._watch.answered(still_owed=True)
-                yield SpeechAudio(response.audio.pcm, response.audio.sample_rate_hz, response.audio.segment_index)
-            elif kind == "segment_done":
-                done = response.segment_done
-                self._unfinished.discard(done.segment_index)
-                self._watch.answered(still_owed=bool(self._unfinished) or self._ended)
-                yield SpeechSegmentDone(
-                    done.segment_index, done.codec_tokens,
-                    reason_name(speech_pb2.SegmentFinishReason, done.finish_reason), stage_times(done.timings),
-                )
-            elif kind == "done":
-                self._watch.answered(still_owed=False)
-                yield SpeechDone(reason_name(speech_pb2.SynthesisEndReason, response.done.reason))
-
-
-class GrpcSpeech(_Backend):
-    service = "speech"
-    stub_class = speech_pb2_grpc.SpeechStub
-
-    @property
-    def deadlines(self) -> CallDeadlines:
-        return self._deadlines
-
-    async def connected(self, replica: Replica):
-        return await self._connected(replica)
-
-    async def open(self, ids: CallIds) -> GrpcSpeechStream:
-        stream = GrpcSpeechStream(self, ids, self._replicas.attempts())
-        await stream.connect()
-        return stream
-
-
 # ----- media encoders -----
 
 
@@ -436,7 +174,7 @@ async def _collect_embeddings(call, kind: str, service: str, timeout_s: float) -
     return EncodedMedia(kind, embedding_rows(service, *chunks), timings)
 
 
-class GrpcVision(_Backend):
+class GrpcVision(GrpcBackend):
     service = "vision"
     stub_class = vision_pb2_grpc.VisionStub
 
@@ -520,7 +258,7 @@ class GrpcVoiceStream:
                     yield VoiceDropped(reason_name(audio_pb2.DropReason, response.dropped.reason), response.dropped.duration_ms)
 
 
-class GrpcAudio(_Backend):
+class GrpcAudio(GrpcBackend):
     service = "audio"
     stub_class = audio_pb2_grpc.AudioStub
 
