@@ -51,6 +51,7 @@ class PendingCommit:
 
     turn_id: str  # as the client sent it; empty = the server names the turn
     media: list[MediaRequest] = field(default_factory=list)
+    after_turn_id: str = ""  # a turn VAD started since the previous commit
 
 
 class Conversation:
@@ -70,6 +71,9 @@ class Conversation:
         # that commit's answer (the turn then carries the commit's id); the commit's own answer, finding
         # no commit waiting, is then dropped.
         self._commits: deque[PendingCommit] = deque()
+        # A turn server VAD started from speech that no commit claimed: a commit that follows finds that
+        # speech already taken, and its answer says where it went.
+        self._unclaimed_turn_id = ""
         # The server is shutting down (services.orchestrator.draining): new turns are refused.
         self._stopping = False
 
@@ -147,6 +151,7 @@ class Conversation:
             self.send_error(commit.turn_id, rejected.code, rejected.message)
             return
         self._speech_end_ns = time.perf_counter_ns()
+        pending.after_turn_id, self._unclaimed_turn_id = self._unclaimed_turn_id, ""
         # Waiting before it is sent: the answer may come back while the write is still in progress.
         self._commits.append(pending)
         try:
@@ -249,17 +254,24 @@ class Conversation:
             message = f"the utterance was {dropped.duration_ms} ms, under {minimum} ms, and was not used"
         elif dropped.reason == "empty":
             code = "FAILED_PRECONDITION"
-            message = f"nothing to commit: no {'speech' if vad.enabled else 'audio'} since the last commit"
+            message = f"nothing to commit: no {'speech was detected' if vad.enabled else 'audio'} since the last commit"
         else:
             return  # cancelled: the stream is going away
         if self._commits:
-            self.send_error(self._commits.popleft().turn_id, code, message)
+            commit = self._commits.popleft()
+            if dropped.reason == "empty" and commit.after_turn_id:
+                message = (f"nothing to commit: the speech since the last commit had already ended (server VAD) "
+                           f"and is turn {commit.after_turn_id}")
+            self.send_error(commit.turn_id, code, message)
         elif dropped.reason == "too_long":
             self.send_error("", code, message)
 
     async def _start_audio_turn(self, utterance: VoiceUtterance) -> None:
-        commit = self._commits.popleft() if self._commits else PendingCommit("")
+        claimed = bool(self._commits)
+        commit = self._commits.popleft() if claimed else PendingCommit("")
         turn_id = commit.turn_id or uuid.uuid4().hex
+        if not claimed:
+            self._unclaimed_turn_id = turn_id
         if self._stopping:
             self.send_error(turn_id, "UNAVAILABLE", "the server is shutting down; reconnect to continue this session")
             return

@@ -5,12 +5,16 @@ status (never INTERNAL or UNKNOWN), and the stream and the session stay usable."
 from __future__ import annotations
 
 import asyncio
+import io
+import shutil
+import subprocess
 
 import grpc
 import numpy as np
 import pytest
 
 import sdk
+from apps.chat import SpokenInput, run_turn
 from tests.client import Client, Conversation, Received
 from vita.assistant.v1 import assistant_pb2
 
@@ -267,3 +271,33 @@ async def test_every_commit_is_answered(stack):
             with pytest.raises(sdk.TurnFailed) as failed:
                 await turn.result(timeout=60)
         assert failed.value.code == grpc.StatusCode.FAILED_PRECONDITION and "nothing to commit" in str(failed.value)
+
+
+async def test_chat_on_audio_without_speech_ends_with_a_clear_error(stack):
+    """`vita chat --audio` on a file where VAD finds no speech: the turn ends with the commit's answer."""
+    report = await asyncio.wait_for(run_turn(stack.address, spoken=SpokenInput(bytes(16000 * 2), 16000), fast=True), 60)
+    (error,) = report.errors
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "no speech was detected" in error.message
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+async def test_a_commit_after_vad_ended_the_speech_names_the_turn_it_became(stack):
+    import soundfile
+
+    wav = subprocess.run(["espeak-ng", "--stdout", "-s", "160", "What time is it?"], capture_output=True, check=True).stdout
+    samples, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    pcm = samples.tobytes() + bytes(int(1.2 * rate) * 2)
+    async with Client(stack.address) as client:
+        session_id = await client.create_session(max_reply_tokens=2, speech_output=False)
+        conv = await client.converse(session_id, audio_rate=rate).open()
+        try:
+            step = rate * 40 // 1000 * 2
+            for offset in range(0, len(pcm), step):
+                await conv.send(audio=assistant_pb2.AudioAppend(data=pcm[offset : offset + step]))
+            started = (await until(conv, lambda r: r.kind == "turn_started"))[-1].event.turn_id
+            await conv.send(audio_commit=assistant_pb2.AudioCommit(turn_id="late"))
+            events = await until(conv, lambda r: r.kind == "error")
+        finally:
+            conv.call.cancel()
+    ((turn_id, code, message),) = errors(events)
+    assert (turn_id, code) == ("late", FAILED_PRECONDITION) and f"is turn {started}" in message
