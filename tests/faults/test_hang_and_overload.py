@@ -66,8 +66,6 @@ async def one_turn_orchestrator(fault_stack):
         await asyncio.to_thread(orchestrator.stop, 10)
 
 
-@pytest.mark.xfail(strict=False, reason="admission control (VITA_ORCH_MAX_TURNS_IN_FLIGHT) is not enforced yet: "
-                   "written against its documented behaviour")
 async def test_a_full_admission_queue_refuses_with_resource_exhausted(one_turn_orchestrator, ledger):
     async with sdk.AsyncClient(one_turn_orchestrator.address) as client:
         async with await client.start(CONFIG, reconnect=None) as busy, \

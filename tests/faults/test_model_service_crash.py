@@ -93,3 +93,47 @@ async def test_a_dead_vision_service_fails_image_turns_only(fault_stack, ledger)
                 assert [t for t in stored if t in completed] == completed
         finally:
             await restart_if_dead(fault_stack, "vision")
+
+
+def utterance(seconds: float) -> bytes:
+    """A voiced-sounding signal; push-to-talk (VAD off), so the commit decides where the turn ends."""
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    phase = 2 * np.pi * np.cumsum(120 + 40 * np.sin(2 * np.pi * 0.7 * t)) / 16_000
+    return (sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.25 * 32767).astype("<i2").tobytes()
+
+
+async def append(conv: sdk.Conversation, pcm: bytes, chunk_bytes: int = 1280) -> None:
+    for offset in range(0, len(pcm), chunk_bytes):
+        await conv.append_audio(pcm[offset: offset + chunk_bytes])
+
+
+async def test_kill9_of_the_audio_service_mid_utterance_fails_that_commit_only(fault_stack, ledger):
+    config = sdk.SessionConfig(seed=9, max_reply_tokens=6, vad=sdk.VoiceActivity(enabled=False))
+    async with sdk.AsyncClient(fault_stack.address) as client:
+        try:
+            session = await client.create_session(config)
+            conv = client.conversation(session.session_id, audio=sdk.AudioFormat(16_000, "pcm16"), reconnect=None)
+            async with conv:
+                await append(conv, utterance(1.0))
+                before = await (await conv.commit_audio()).result(timeout=60)
+                assert before.outcome in ("completed", "suppressed")
+
+                await append(conv, utterance(0.6))  # the audio service is encoding this utterance...
+                await kill9(fault_stack.services["audio"])  # ...when it dies
+                ledger.injected()
+                with pytest.raises(sdk.TurnFailed) as failed:
+                    await (await conv.commit_audio()).result(timeout=CLEAR_STATUS_WITHIN_S)
+                assert failed.value.code in CLEAR_CODES, failed.value
+                typed = await conv.ask("Typing instead.", timeout=60)  # the rest of the stack serves on
+                assert typed.outcome == "completed"
+                await assert_all_serving(*[p for p in stack_processes(fault_stack) if p.name != "audio"])
+
+                await restart_service(fault_stack, "audio")
+                await append(conv, utterance(1.0))
+                after = await (await conv.commit_audio()).result(timeout=60)
+                assert after.outcome in ("completed", "suppressed")
+                completed = [before.turn_id, typed.turn_id, after.turn_id]
+                stored = await ledger.check(client, conv.session_id, completed)
+                assert [t for t in stored if t in completed] == completed
+        finally:
+            await restart_if_dead(fault_stack, "audio")
