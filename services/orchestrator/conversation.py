@@ -32,7 +32,7 @@ from services.orchestrator.records import MediaRef, SessionRecord
 from services.orchestrator.turn import CancelReason, TurnHandle
 from services.orchestrator.turn_input import PendingTurn, TurnInputs, TurnRejected
 from services.orchestrator.turn_runner import ConversationDeps, TurnRunner
-from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, NothingToCommit, VoiceInput
+from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, VoiceInput
 from shared import tracing
 from vita.assistant.v1 import assistant_pb2
 
@@ -52,6 +52,7 @@ class PendingCommit:
     turn_id: str  # as the client sent it; empty = the server names the turn
     media: list[MediaRequest] = field(default_factory=list)
     after_turn_id: str = ""  # a turn VAD started since the previous commit
+    answered: bool = False  # answered already (refused audio): what the audio service makes of it is dropped
 
 
 class Conversation:
@@ -150,15 +151,17 @@ class Conversation:
         except TurnRejected as rejected:
             self.send_error(commit.turn_id, rejected.code, rejected.message)
             return
+        refusal = voice.refuse_commit()
+        if refusal is not None:
+            self.send_error(commit.turn_id, refusal.code, refusal.message)
+            if not refusal.forward:
+                return
+            pending.answered = True
         self._speech_end_ns = time.perf_counter_ns()
         pending.after_turn_id, self._unclaimed_turn_id = self._unclaimed_turn_id, ""
         # Waiting before it is sent: the answer may come back while the write is still in progress.
         self._commits.append(pending)
-        try:
-            await voice.commit()
-        except NothingToCommit as nothing:
-            self._commits.remove(pending)
-            self.send_error(commit.turn_id, nothing.code, nothing.message)
+        await voice.commit()
 
     async def shutdown(self) -> None:
         """The stream ended (client left or the server stops): stop the turn, keep what was heard."""
@@ -214,17 +217,22 @@ class Conversation:
             VadParameters(**self.session.config.vad.model_dump()),
             self._on_voice_event,
             self._on_voice_error,
-            lambda: bool(self._commits),
+            self._commit_waiting,
         )
         return self._voice
+
+    def _commit_waiting(self) -> bool:
+        return any(not commit.answered for commit in self._commits)
 
     def _on_voice_error(self, error) -> None:
         """The audio stream failed: the commits waiting on it get the error as their answer; without
         any, it is a stream-level error."""
-        if not self._commits:
+        if not self._commit_waiting():
             self.send_error("", error.code, error.message)
         while self._commits:
-            self.send_error(self._commits.popleft().turn_id, error.code, error.message)
+            commit = self._commits.popleft()
+            if not commit.answered:
+                self.send_error(commit.turn_id, error.code, error.message)
 
     async def _on_voice_event(self, event) -> None:
         if isinstance(event, VoiceSpeechStarted):
@@ -259,6 +267,8 @@ class Conversation:
             return  # cancelled: the stream is going away
         if self._commits:
             commit = self._commits.popleft()
+            if commit.answered:
+                return
             if dropped.reason == "empty" and commit.after_turn_id:
                 message = (f"nothing to commit: the speech since the last commit had already ended (server VAD) "
                            f"and is turn {commit.after_turn_id}")
@@ -269,6 +279,8 @@ class Conversation:
     async def _start_audio_turn(self, utterance: VoiceUtterance) -> None:
         claimed = bool(self._commits)
         commit = self._commits.popleft() if claimed else PendingCommit("")
+        if commit.answered:
+            return  # its audio was refused: the utterance is discarded
         turn_id = commit.turn_id or uuid.uuid4().hex
         if not claimed:
             self._unclaimed_turn_id = turn_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import grpc
@@ -36,13 +37,14 @@ BYTES_PER_SAMPLE = {"pcm16": 2, "f32": 4}
 _WRITE_AFTER_END = (BackendError, asyncio.InvalidStateError, grpc.aio.UsageError)
 
 
-class NothingToCommit(Exception):
-    """A commit that the audio service must not see: its answer is this error."""
+@dataclass(frozen=True)
+class CommitRefusal:
+    """A commit whose answer is this error. `forward`: the audio service gets it all the same (it ends the
+    utterance in progress), and its own answer is discarded."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    code: str
+    message: str
+    forward: bool = False
 
 
 class VoiceInput:
@@ -84,20 +86,25 @@ class VoiceInput:
         if whole:
             await self._write(lambda stream: stream.send(data[:whole]))
 
-    async def commit(self) -> None:
-        """Forwards the commit; its answer comes back as an event (utterance or drop), or as the error
-        of a failed stream. Raises NothingToCommit when it cannot be forwarded."""
+    def refuse_commit(self) -> CommitRefusal | None:
+        """What a commit that comes now must be answered with instead of a turn, if anything. Either way
+        the audio since the last commit is then done with."""
         if self._refused is not None:
             reason, self._refused = self._refused, None
-            raise NothingToCommit("FAILED_PRECONDITION", f"nothing to commit: {reason}")
-        if self._partial:
-            stray, self._partial = len(self._partial), b""
-            self._reset()  # the audio service drops the utterance in progress
-            raise NothingToCommit(
+            return CommitRefusal("FAILED_PRECONDITION", f"nothing to commit: {reason}")
+        stray, self._partial = len(self._partial), b""
+        if stray:
+            return CommitRefusal(
                 "INVALID_ARGUMENT",
                 f"the audio since the last commit ends inside a sample ({stray} stray bytes; "
                 f"{self._format.encoding} samples are {self._width} bytes), so it was discarded; send whole samples",
+                forward=True,
             )
+        return None
+
+    async def commit(self) -> None:
+        """Forwards a commit; its answer comes back as an event (utterance or drop), or as the error of a
+        failed stream."""
         await self._write(lambda stream: stream.commit())
 
     async def _write(self, write: Callable[[VoiceStream], Awaitable[None]]) -> None:
