@@ -185,9 +185,10 @@ class TurnRunner:
                 self._result = ReplyResult()
                 await self._stream(replace(request, prompt=prompt))
         except (MediaRejected, BackendError) as error:
-            if self._handle.delivery.deltas:
-                # Failed mid-reply: part of it reached the user, and history keeps that part.
-                self._handle.fail()
+            self._handle.fail()
+            if self._handle.kept_reply(self._result, self._session.config.speech_output)[0]:
+                # Failed mid-reply after the user got part of it: history keeps that part. A reply of
+                # which nothing was heard leaves the session as it was.
                 await self._record_turn()
             raise _TurnFailed(error.code, error.message) from None
 

@@ -29,13 +29,18 @@ class StallingLLM:
         raise STALL
 
 
-async def failed_turn(deltas: list[LLMDelta]):
+class UnreachableSpeech:
+    async def open(self, ids):
+        raise BackendError("UNAVAILABLE", "the speech service is unavailable; try again shortly")
+
+
+async def failed_turn(deltas: list[LLMDelta], llm=None, speech=None, speech_output: bool = False):
     record = SessionRecord(session_id="s1", tenant="t", created_unix_ms=0,
-                           config=SessionSettings(speech_output=False))
+                           config=SessionSettings(speech_output=speech_output))
     store = MemoryStore(record)
     deps = ConversationDeps(
         settings=OrchestratorSettings(), store=store,
-        pipeline=ReplyPipeline(StallingLLM(deltas), TimedSpeech(), SPECIAL, SegmenterLimits()),
+        pipeline=ReplyPipeline(llm or StallingLLM(deltas), speech or TimedSpeech(), SPECIAL, SegmenterLimits()),
         prompts=PromptBuilder(TOKENIZER),
         llm_facts=LLMFacts(max_context_tokens=4096, hidden_size=64, eos_token_id=SPECIAL.im_end, weights="fake"),
         media=MediaLibrary(store, None, None, 1024),
@@ -67,3 +72,13 @@ async def test_a_failure_before_any_output_records_nothing():
     store, delivered, errors, lock = await failed_turn([])
     assert [e.code for e in errors] == [DEADLINE_EXCEEDED] and delivered == ""
     assert store.turns == [] and lock == ""
+
+
+async def test_a_spoken_reply_of_which_nothing_was_heard_records_nothing():
+    from tests.orchestrator.test_pipeline import FakeLLM
+
+    deltas = [LLMDelta((SPECIAL.state_text_reply,), "☜")] + [LLMDelta((100 + i,), w) for i, w in enumerate(WORDS)]
+    store, delivered, errors, lock = await failed_turn([], llm=FakeLLM(deltas), speech=UnreachableSpeech(),
+                                                       speech_output=True)
+    assert [e.code for e in errors] == [14] and "speech service" in errors[0].message
+    assert store.turns == [] and lock == ""  # the text deltas were shown, but no audio was heard
