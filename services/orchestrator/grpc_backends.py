@@ -13,6 +13,7 @@ stream is not retried: the audio it has taken lives in the failed replica.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import AsyncIterator
