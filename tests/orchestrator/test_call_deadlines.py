@@ -281,3 +281,23 @@ async def test_a_speech_stream_that_cannot_open_anywhere_holds_no_replica():
     finally:
         for channel in group.channels:
             await channel.close()
+
+
+async def test_release_session_reaches_every_replica_and_ignores_a_dead_one():
+    class Releasing(ScriptedLLM):
+        def __init__(self):
+            super().__init__()
+            self.released: list[str] = []
+
+        async def ReleaseSession(self, request, context):
+            self.released.append(request.ctx.session_id)
+            return llm_pb2.ReleaseSessionResponse()
+
+    alive = Releasing()
+    server, address = await serve(alive, llm_pb2_grpc.add_LLMServicer_to_server)
+    group = replicas("llm", address, "127.0.0.1:1")
+    try:
+        await asyncio.wait_for(GrpcLLM(group, FAST).release_session("s9"), 10)
+        assert alive.released == ["s9"]
+    finally:
+        await close_all([server], group)
