@@ -1,10 +1,10 @@
 """Speech in for one Converse stream: PCM goes to the audio service as it arrives (features are computed
 while the user speaks); its VAD events and finished utterances come back to the conversation.
 
-Clients may cut their audio anywhere, even inside a sample: bytes are held back until they make whole
-samples, so the audio service always receives whole samples. Audio the audio service refuses (NaN floats,
-a chunk over its size limit) ends that audio stream once, with one error; later audio is ignored until
-the client's next commit, instead of opening a new stream, and a new error, for every chunk.
+Clients may cut their audio anywhere, even inside a sample: the audio service receives whole samples in
+pieces it takes (services/orchestrator/pcm.py). Refused audio (NaN floats, checked here before they are
+sent, or anything the audio service refuses) ends that audio stream once, with one error; later audio is
+ignored until the client's next commit, instead of opening a new stream, and a new error, for every chunk.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from services.orchestrator.backends import (
     VoiceFormat,
     VoiceStream,
 )
+from services.orchestrator.pcm import PcmFramer, PcmRejected
 
 log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE_HZ = 8000
 MAX_SAMPLE_RATE_HZ = 192000
-BYTES_PER_SAMPLE = {"pcm16": 2, "f32": 4}
 
 # Writing to a call that has already ended raises one of these; the call's status (what the client needs
 # to hear) arrives through its read side, so a failed write is not reported on its own.
@@ -61,14 +61,13 @@ class VoiceInput:
         self._audio = audio
         self._ids = ids
         self._format = fmt
-        self._width = BYTES_PER_SAMPLE[fmt.encoding]
+        self._framer = PcmFramer(fmt.encoding, fmt.sample_rate_hz)
         self._vad = vad
         self._on_event = on_event
         self._on_error = on_error
         self._commit_waiting = commit_waiting
         self._stream: VoiceStream | None = None
         self._pump: asyncio.Task | None = None
-        self._partial = b""  # the start of a sample whose other bytes have not arrived yet
         self._refused: str | None = None  # why audio is ignored until the next commit
 
     async def _ensure_stream(self) -> VoiceStream:
@@ -80,11 +79,13 @@ class VoiceInput:
     async def append(self, pcm: bytes) -> None:
         if self._refused is not None or not pcm:
             return
-        data = self._partial + pcm
-        whole = len(data) - len(data) % self._width
-        self._partial = data[whole:]
-        if whole:
-            await self._write(lambda stream: stream.send(data[:whole]))
+        try:
+            pieces = self._framer.feed(pcm)
+        except PcmRejected as bad:
+            self._fail(BackendError("INVALID_ARGUMENT", str(bad)))
+            return
+        for piece in pieces:
+            await self._write(lambda stream: stream.send(piece))
 
     def refuse_commit(self) -> CommitRefusal | None:
         """What a commit that comes now must be answered with instead of a turn, if anything. Either way
@@ -92,12 +93,12 @@ class VoiceInput:
         if self._refused is not None:
             reason, self._refused = self._refused, None
             return CommitRefusal("FAILED_PRECONDITION", f"nothing to commit: {reason}")
-        stray, self._partial = len(self._partial), b""
+        stray = self._framer.take_stray()
         if stray:
             return CommitRefusal(
                 "INVALID_ARGUMENT",
                 f"the audio since the last commit ends inside a sample ({stray} stray bytes; "
-                f"{self._format.encoding} samples are {self._width} bytes), so it was discarded; send whole samples",
+                f"{self._format.encoding} samples are {self._framer.width} bytes), so it was discarded; send whole samples",
                 forward=True,
             )
         return None
@@ -142,7 +143,7 @@ class VoiceInput:
         self._on_error(error)
 
     def _reset(self) -> None:
-        self._partial = b""
+        self._framer.clear()
         if self._stream is not None:
             self._stream.close()
         if self._pump is not None and self._pump is not asyncio.current_task():
