@@ -18,13 +18,13 @@ import torch
 from services.audio.encoder import WhaleAudioEncoder, sinusoid_table
 from shared.checkpoint.dims import audio_dims
 from shared.checkpoint.errors import CheckpointError
-from shared.checkpoint.files import ShardedSafetensors, read_json, read_yaml
+from shared.checkpoint.files import read_json, read_yaml
 from shared.checkpoint.layout import (
-    AUDIO_CMVN_FILE, AUDIO_CONFIG_FILE, AUDIO_PREFIX, CONFIG_FILE, audio_dir, shard_owner, vita_config,
+    AUDIO_CMVN_FILE, AUDIO_CONFIG_FILE, AUDIO_PREFIX, CONFIG_FILE, audio_dir, vita_config,
 )
 from shared.checkpoint.strict import (
-    ServicePlan, check_index_keys, check_tensors, finish, load_into, materialize, module_shapes,
-    non_persistent_buffers, on_meta,
+    ServicePlan, check_tensors, finish, load_into, materialize, module_shapes,
+    non_persistent_buffers, on_meta, owned_shard_keys,
 )
 from shared.presets import AudioEncoderDims
 
@@ -67,14 +67,7 @@ def _plan(root: Path):
     if not isinstance(train, dict):
         raise CheckpointError(train_yaml, None, "expected a YAML mapping")
     dims = audio_dims(train, train_yaml, config, config_path)
-    shards = ShardedSafetensors(root)
-    check_index_keys(shards)
-    owned = [key for key in shards.keys() if shard_owner(key) == "audio"]
-    if not owned:
-        raise CheckpointError(
-            shards.index_path, f"{AUDIO_PREFIX}*",
-            "no audio encoder tensors: this checkpoint has no audio weights, the audio service cannot serve it",
-        )
+    shards, owned = owned_shard_keys(root, "audio", f"{AUDIO_PREFIX}*", "audio encoder")
     skeleton = on_meta(lambda: WhaleAudioEncoder(dims), train_yaml)
     shapes = module_shapes(skeleton)
     names = {AUDIO_PREFIX + name: name for name in shapes}

@@ -18,11 +18,11 @@ from shared.checkpoint.dims import vision_dims
 from shared.checkpoint.errors import CheckpointError
 from shared.checkpoint.files import ShardedSafetensors, read_json
 from shared.checkpoint.layout import (
-    CONFIG_FILE, PROJECTOR_PREFIX, VISION_CONFIG_FILE, VISION_PREFIX, shard_owner, vision_dir, vita_config,
+    CONFIG_FILE, PROJECTOR_PREFIX, VISION_CONFIG_FILE, VISION_PREFIX, vision_dir, vita_config,
 )
 from shared.checkpoint.strict import (
-    ServicePlan, check_index_keys, check_tensors, finish, load_into, materialize, module_shapes,
-    non_persistent_buffers, on_meta,
+    ServicePlan, check_tensors, finish, load_into, materialize, module_shapes,
+    non_persistent_buffers, on_meta, owned_shard_keys,
 )
 from shared.presets import VisionDims
 
@@ -48,14 +48,7 @@ def _plan(root: Path) -> tuple[ServicePlan, VisionEncoder, ShardedSafetensors, d
     tower_dir = vision_dir(root, config)
     tower_config = tower_dir / VISION_CONFIG_FILE
     dims = vision_dims(read_json(tower_config), tower_config, config, config_path)
-    shards = ShardedSafetensors(root)
-    check_index_keys(shards)
-    owned = [key for key in shards.keys() if shard_owner(key) == "vision"]
-    if not owned:
-        raise CheckpointError(
-            shards.index_path, f"{VISION_PREFIX}*",
-            "no vision tower or projector tensors: this checkpoint has no vision weights, the vision service cannot serve it",
-        )
+    shards, owned = owned_shard_keys(root, "vision", f"{VISION_PREFIX}*", "vision tower or projector")
     skeleton = on_meta(lambda: VisionEncoder(dims), tower_config)
     shapes = module_shapes(skeleton)
     names = {shard_key(name): name for name in shapes}

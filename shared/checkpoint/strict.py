@@ -72,6 +72,20 @@ def check_tensors(
     return known_unused
 
 
+def owned_shard_keys(root: Path, service: str, key_pattern: str, what: str) -> tuple[ShardedSafetensors, list[str]]:
+    """Opens the VITA safetensors, checks every key belongs to some service, and returns the keys `service`
+    reads; a checkpoint without any is refused, naming `what` is missing."""
+    shards = ShardedSafetensors(root)
+    check_index_keys(shards)
+    owned = [key for key in shards.keys() if shard_owner(key) == service]
+    if not owned:
+        raise CheckpointError(
+            shards.index_path, key_pattern,
+            f"no {what} tensors: this checkpoint has no {service} weights, the {service} service cannot serve it",
+        )
+    return shards, owned
+
+
 def check_index_keys(shards: ShardedSafetensors) -> None:
     """Every key of the VITA safetensors belongs to a known module (whichever service reads it)."""
     for key in shards.keys():
