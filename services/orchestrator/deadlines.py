@@ -128,6 +128,10 @@ class StreamWatch:
         finally:
             if not read.done():
                 read.cancel()
+            elif not read.cancelled():
+                # A read that failed just as this one gave up (deadline, write failure): its error is the
+                # same ended call, already reported; mark it seen so asyncio does not log it as lost.
+                read.exception()
 
 
 async def within(step: Awaitable[T], seconds: float, error: BackendError) -> T:
