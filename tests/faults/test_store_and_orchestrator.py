@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 import sdk
+from tests.sdk.waits import next_of, wait_idle
 from tests.faults.aof_redis import AofRedis
 from tests.faults.processes import assert_all_serving, kill9, port_of
 
@@ -20,18 +21,6 @@ CLEAR_STATUS_WITHIN_S = 30.0
 SHORT_LOCK = {"VITA_ORCH_TURN_LOCK_TTL_S": "1.0"}
 
 
-async def next_of(conv: sdk.Conversation, kind: type, timeout: float = 60.0):
-    while True:
-        event = await conv.next_event(timeout)
-        if isinstance(event, kind):
-            return event
-
-
-async def wait_idle(client: sdk.AsyncClient, session_id: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await client.get_session(session_id)).running_turn_id:
-        assert asyncio.get_running_loop().time() < deadline, "the turn lock never expired"
-        await asyncio.sleep(0.2)
 
 
 async def test_kill9_of_the_orchestrator_mid_turn_then_the_client_reconnects(fault_stack, ledger):

@@ -10,6 +10,7 @@ import signal
 import pytest
 
 import sdk
+from tests.sdk.waits import next_of, wait_idle
 from tests.sdk.proxy import CuttableProxy
 
 # Quick retries: the tests wait for a restart, not for a production backoff.
@@ -26,19 +27,6 @@ async def kill(orchestrator) -> None:
     await asyncio.to_thread(orchestrator.process.wait)
 
 
-async def next_of(conv: sdk.Conversation, kind: type, timeout: float = 90.0):
-    while True:
-        event = await conv.next_event(timeout)
-        if isinstance(event, kind):
-            return event
-
-
-async def wait_idle(client: sdk.AsyncClient, session_id: str, timeout_s: float = 30.0) -> None:
-    """The session's turn lock is gone (a killed orchestrator leaves it to expire)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await client.get_session(session_id)).running_turn_id:
-        assert asyncio.get_running_loop().time() < deadline, "the turn lock never expired"
-        await asyncio.sleep(0.2)
 
 
 async def test_resumes_the_session_after_the_orchestrator_restarts_between_turns(stack):
