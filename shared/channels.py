@@ -13,8 +13,9 @@ from shared.keepalive import Keepalive
 def grpc_target(address: str) -> str:
     """"h:p" → as is; "h1:p1,h2:p2" → an ipv4 list target; "dns:///name:port" and other URIs → as is.
 
-    A Kubernetes headless Service name under dns:/// resolves to every ready pod, so round_robin spreads
-    calls over all replicas and drops one that dies.
+    A channel given several addresses spreads its calls with round_robin. The orchestrator does better: it
+    resolves a dns:/// name itself and opens one channel per replica, to choose the replica of each call
+    (services/orchestrator/replicas.py).
     """
     address = address.strip()
     if "," in address:

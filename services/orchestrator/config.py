@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,8 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class OrchestratorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VITA_ORCH_", extra="ignore")
 
-    # Model services: "host:port", a comma-separated list of replicas, or a gRPC target such as
-    # "dns:///vita-speech:50051" (client-side round_robin spreads calls over what it resolves to).
+    # Model services: "host:port", a comma-separated list of replicas, or "dns:///name:port" (a headless
+    # Service: every address the name resolves to is a replica, re-resolved every dns_refresh_s). How a
+    # call picks its replica: services/orchestrator/replicas.py.
     llm_address: str = "127.0.0.1:50061"
     speech_address: str = "127.0.0.1:50062"
     # Empty = that input modality is not served.
@@ -55,6 +58,16 @@ class OrchestratorSettings(BaseSettings):
     # A call that fails before it produced any output (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)
     # is tried once more on another replica, when the address lists several ("h1:p1,h2:p2").
     retry_on_other_replica: bool = True
+    # LLM replica choice: "affine" sends every turn of a session to the replica that holds its KV cache
+    # (rendezvous hashing of the session id, the same on every orchestrator); "round_robin" ignores the
+    # session (a baseline to measure affinity against: each turn re-prefills where the cache is cold).
+    llm_routing: Literal["affine", "round_robin"] = "affine"
+    # A session's LLM replica is saturated when this orchestrator runs this many calls on it: the call then
+    # goes to the least loaded other replica (a cold prefill there, instead of queueing). 0 = never spill.
+    llm_spill_in_flight: int = Field(16, ge=0)
+    # How often a dns:/// address is re-resolved (pods that came or went); also at once when every
+    # replica it gave is failing.
+    dns_refresh_s: float = Field(5.0, gt=0)
     # Admission control. Turns running at once on this orchestrator; one more is refused with
     # RESOURCE_EXHAUSTED and a retry hint instead of queueing.
     max_turns_in_flight: int = Field(64, ge=1)

@@ -82,11 +82,15 @@ class GrpcLLM(GrpcBackend):
 
         async def release(replica: Replica) -> None:
             try:
-                await self._stubs[replica].ReleaseSession(request, timeout=self._deadlines.call_s)
+                await replica.stub(self.stub_class).ReleaseSession(request, timeout=self._deadlines.call_s)
             except grpc.aio.AioRpcError:
                 pass  # a cache entry only: it ages out of the LRU anyway
 
         # Every replica: the session's cache may sit on one it was sent to while its own was down.
+        try:
+            await self._replicas.ready()
+        except BackendError:
+            return  # none resolved: nothing holds the cache
         await asyncio.gather(*(release(replica) for replica in self._replicas.replicas))
 
     async def generate(
@@ -100,7 +104,7 @@ class GrpcLLM(GrpcBackend):
             top_p=top_p,
         )
         # Keyed by session: the replica that holds the session's KV cache, the same from every orchestrator.
-        attempts = self._replicas.attempts(ids.session_id)
+        attempts = await self._attempts(ids.session_id)
         for index, replica in enumerate(attempts):
             produced = False
             try:

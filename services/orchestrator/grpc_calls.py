@@ -96,15 +96,20 @@ class GrpcBackend:
     def __init__(self, replicas: Replicas | grpc.aio.Channel, deadlines: CallDeadlines | float):
         self._replicas = as_replicas(self.service, replicas)
         self._deadlines = as_deadlines(deadlines)
-        self._stubs = {replica: self.stub_class(replica.channel) for replica in self._replicas.replicas}
 
     async def _connected(self, replica: Replica):
         await wait_connected(replica.channel, self.service, self._deadlines.connect_s)
-        return self._stubs[replica]
+        return replica.stub(self.stub_class)
+
+    async def _attempts(self, key: str | None = None) -> list[Replica]:
+        """The replicas a call tries, in order (services/orchestrator/replicas.py); a DNS address is
+        resolved first."""
+        await self._replicas.ready()
+        return self._replicas.attempts(key)
 
     async def _call(self, attempt: Callable[[Replica], Awaitable[T]], key: str | None = None) -> T:
         """`attempt` on the first replica; once more on another one if it failed retryably."""
-        attempts = self._replicas.attempts(key)
+        attempts = await self._attempts(key)
         for index, replica in enumerate(attempts):
             try:
                 with replica.busy():

@@ -75,7 +75,7 @@ class GrpcSpeechStream:
                 and self._attempt + 1 < len(self._attempts))
 
     def _hold(self, replica: Replica | None) -> None:
-        """Counts this stream against the replica it runs on (least-busy picks), and no longer the last."""
+        """Counts this stream against the replica it runs on (the two-choices pick), and no longer the last."""
         if self._held is not None:
             self._held.in_flight -= 1
         self._held = replica
@@ -193,6 +193,6 @@ class GrpcSpeech(GrpcBackend):
         return await self._connected(replica)
 
     async def open(self, ids: CallIds) -> GrpcSpeechStream:
-        stream = GrpcSpeechStream(self, ids, self._replicas.attempts())
+        stream = GrpcSpeechStream(self, ids, await self._attempts())
         await stream.connect()
         return stream

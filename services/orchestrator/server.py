@@ -18,7 +18,7 @@ from services.orchestrator.conversation import CLOSE, Conversation, Conversation
 from services.orchestrator.draining import SHUTTING_DOWN, LiveConversations
 from services.orchestrator.deadlines import CallDeadlines
 from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
-from services.orchestrator.replicas import Replicas
+from services.orchestrator.replicas import Replicas, Routing
 from services.orchestrator.media import MediaLibrary
 from services.orchestrator.outbox import outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
@@ -265,7 +265,7 @@ class OrchestratorApp:
         self._settings = settings
         self._keys = ApiKeys(settings.api_keys)
         self._servicer = AssistantServicer(settings, self._keys)
-        self._channels: list[grpc.aio.Channel] = []
+        self._replica_groups: list[Replicas] = []
         self._store: SessionStore | None = None
         self._admission: Admission | None = None
 
@@ -289,15 +289,19 @@ class OrchestratorApp:
 
         def replicas(service: str, address: str) -> Replicas:
             """One channel per listed replica (retries go to another one); see services/orchestrator/replicas.py."""
-            opened = Replicas.open(
-                service, address,
-                lambda target: open_channel(target, self._common.max_message_bytes, internal_tls, keepalive),
-                retry=settings.retry_on_other_replica,
-            )
-            self._channels.extend(opened.channels)
+            routing = Routing(affine=settings.llm_routing == "affine", spill_in_flight=settings.llm_spill_in_flight)
+            try:
+                opened = Replicas.open(
+                    service, address,
+                    lambda target: open_channel(target, self._common.max_message_bytes, internal_tls, keepalive),
+                    retry=settings.retry_on_other_replica, routing=routing, refresh_s=settings.dns_refresh_s,
+                )
+            except ValueError as error:
+                raise InvalidConfig(f"VITA_ORCH_{service.upper()}_ADDRESS: {error}") from None
+            self._replica_groups.append(opened)
             return opened
 
-        self._channels = []
+        self._replica_groups = []
         llm = GrpcLLM(replicas("llm", settings.llm_address), deadlines)
         speech = GrpcSpeech(replicas("speech", settings.speech_address), deadlines)
         vision = audio = None
@@ -339,8 +343,8 @@ class OrchestratorApp:
         await self._servicer.live.drain(timeout_s)
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        for group in self._replica_groups:
+            await group.close()
         if self._store is not None:
             await self._store.close()
         if self._admission is not None:
