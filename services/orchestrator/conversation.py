@@ -301,7 +301,7 @@ class Conversation:
         config = self.session.config
         self._launch(PendingTurn(
             turn_id, "audio", speech_end_ns, media=media, audio=(piece, ref), seed=config.seed,
-            max_reply=config.max_reply_tokens, speech_end_ns=speech_end_ns,
+            max_reply=config.max_reply_tokens, speech_end_ns=speech_end_ns, media_timings=utterance.clip.timings,
         ))
 
     # ----- turns -----
@@ -322,7 +322,7 @@ class Conversation:
         if camera is not None:
             pending.media.append(camera)
         handle = TurnHandle(TurnDelivery(
-            turn_id=pending.turn_id, input_kind=pending.input_kind, input_end_ns=pending.input_end_ns,
+            turn_id=pending.turn_id, input_kind=pending.metric_input, input_end_ns=pending.input_end_ns,
             speech_end_ns=pending.speech_end_ns,
         ), previous=self._turn)
         runner = TurnRunner(self._deps, self._tenant, self.session, self.outbox, handle, pending, self._set_session)

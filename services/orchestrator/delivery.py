@@ -17,7 +17,7 @@ BYTES_PER_SAMPLE = 2
 @dataclass
 class TurnDelivery:
     turn_id: str
-    input_kind: str  # "text" | "audio"
+    input_kind: str  # the latency metrics' `input` label: "text" | "audio" | "image"
     input_end_ns: int  # perf_counter_ns when the user's input ended
     speech_end_ns: int | None = None  # end of speech by VAD (spoken turns)
     dropped: bool = False  # set on cancel/barge-in: queued reply events are discarded, not sent

@@ -22,6 +22,7 @@ from services.orchestrator.backends import (
     EncodedMedia,
     MediaPiece,
     PromptPiece,
+    StageTime,
     VisionBackend,
 )
 from services.orchestrator.records import MediaRef
@@ -105,16 +106,21 @@ class MediaLibrary:
     def vision_enabled(self) -> bool:
         return self._vision is not None
 
-    async def encode(self, tenant: str, ids: CallIds, requests: list[MediaRequest]) -> list[tuple[MediaPiece, MediaRef]]:
-        """Encodes a turn's media concurrently; stores each blob for a later re-encode."""
-        return list(await asyncio.gather(*(self._encode_one(tenant, ids, r) for r in requests)))
+    async def encode(self, tenant: str, ids: CallIds, requests: list[MediaRequest],
+                     timings: list[StageTime] | None = None) -> list[tuple[MediaPiece, MediaRef]]:
+        """Encodes a turn's media concurrently; stores each blob for a later re-encode. The stage timings
+        the vision and audio services return are appended to `timings` (the turn's stage breakdown)."""
+        return list(await asyncio.gather(*(self._encode_one(tenant, ids, r, timings) for r in requests)))
 
-    async def _encode_one(self, tenant: str, ids: CallIds, request: MediaRequest) -> tuple[MediaPiece, MediaRef]:
+    async def _encode_one(self, tenant: str, ids: CallIds, request: MediaRequest,
+                          timings: list[StageTime] | None) -> tuple[MediaPiece, MediaRef]:
         blob = request.blob()
         key = content_id(request.kind, blob, request.max_tiles if request.kind == "image" else 0)
         rows = self._cache.get(key)
         if rows is None:
             encoded = await self._run_encoder(ids, request)
+            if timings is not None:
+                timings.extend(encoded.timings)
             rows = encoded.rows
             self._cache.put(key, rows)
         blob_key = await self._store.put_blob(tenant, key, blob, session_id=ids.session_id)
@@ -141,20 +147,22 @@ class MediaLibrary:
         if piece.rows is not None:
             self._cache.put(piece.content_id, piece.rows)
 
-    async def restore(self, ids: CallIds, prompt: list[PromptPiece], refs: dict[str, MediaRef]) -> list[PromptPiece]:
-        """Fills in the rows of every media span the LLM no longer holds in its cache."""
+    async def restore(self, ids: CallIds, prompt: list[PromptPiece], refs: dict[str, MediaRef],
+                      timings: list[StageTime] | None = None) -> list[PromptPiece]:
+        """Fills in the rows of every media span the LLM no longer holds in its cache; re-encodes add
+        their stage timings to `timings`, as `encode` does."""
         restored = []
         for piece in prompt:
             if isinstance(piece, MediaPiece) and piece.rows is None:
                 rows = self._cache.get(piece.content_id)
                 if rows is None:
-                    rows = await self._reencode(ids, refs[piece.content_id])
+                    rows = await self._reencode(ids, refs[piece.content_id], timings)
                     self._cache.put(piece.content_id, rows)
                 piece = MediaPiece(piece.content_id, piece.num_rows, rows)
             restored.append(piece)
         return restored
 
-    async def _reencode(self, ids: CallIds, ref: MediaRef) -> WireTensor:
+    async def _reencode(self, ids: CallIds, ref: MediaRef, timings: list[StageTime] | None) -> WireTensor:
         blob = await self._store.get_blob(ref.blob_key) if ref.blob_key else None
         if blob is None:
             raise BackendError("FAILED_PRECONDITION",
@@ -164,7 +172,10 @@ class MediaLibrary:
             request = MediaRequest(kind="frames", frames=MediaRequest.frames_from_blob(blob))
         else:
             request = MediaRequest(kind=ref.source, data=blob, max_tiles=ref.max_tiles)
-        rows = (await self._run_encoder(ids, request)).rows
+        encoded = await self._run_encoder(ids, request)
+        if timings is not None:
+            timings.extend(encoded.timings)
+        rows = encoded.rows
         if rows.num_rows != ref.num_rows:
             raise BackendError("INTERNAL", "re-encoding a past media item gave a different length")
         return rows

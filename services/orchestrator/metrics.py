@@ -21,7 +21,8 @@ STAGE_SECONDS = Histogram(
     "vita_orchestrator_stage_seconds",
     "Per-stage time of each turn, from the timings the services return",
     ["stage", "kind"],
-    buckets=COMPUTE_BUCKETS_S + (30.0,),
+    # Media encodes of long videos on a busy vision service reach past half a minute.
+    buckets=COMPUTE_BUCKETS_S + (30.0, 60.0, 120.0),
 )
 TURNS = Counter("vita_orchestrator_turns_total", "Turns by outcome", ["outcome"])
 ACTIVE_SESSIONS = Gauge("vita_orchestrator_active_sessions", "Sessions with an open Converse stream")

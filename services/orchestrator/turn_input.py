@@ -6,7 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from services.orchestrator.backends import MediaPiece
+from services.orchestrator.backends import MediaPiece, StageTime
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.media import MediaRequest
 from services.orchestrator.records import MediaRef, SessionSettings
@@ -34,6 +34,18 @@ class PendingTurn:
     seed: int | None = None
     max_reply: int = 0
     speech_end_ns: int | None = None
+    # Stage timings of work done before the turn started (a streamed utterance's audio encode).
+    media_timings: tuple[StageTime, ...] = ()
+
+    @property
+    def metric_input(self) -> str:
+        """The `input` label of the latency metrics: "audio" (spoken, or an audio clip), "image" (an
+        image, a video or camera frames: their encode is part of the wait) or "text". Bounded on purpose."""
+        if self.input_kind == "audio" or any(request.kind == "audio" for request in self.media):
+            return "audio"
+        if self.media:
+            return "image"
+        return "text"
 
 
 class TurnInputs:

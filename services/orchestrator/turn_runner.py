@@ -9,7 +9,7 @@ from typing import Callable
 
 from services.orchestrator import metrics
 from services.orchestrator.admission import Admission, AdmissionRefused
-from services.orchestrator.backends import AudioBackend, BackendError, CallIds, LLMFacts
+from services.orchestrator.backends import AudioBackend, BackendError, CallIds, LLMFacts, StageTime
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.delivery import Outgoing
 from services.orchestrator.media import MediaLibrary, MediaRejected
@@ -59,6 +59,9 @@ class TurnRunner:
         self._record = TurnRecord(turn_id=pending.turn_id, started_unix_ms=int(time.time() * 1000),
                                   user_text=pending.text)
         self._result = ReplyResult()
+        # Vision and audio encodes of this turn; kept apart from the reply's stages, which a re-prefill
+        # starts over.
+        self._media_stages: list[StageTime] = list(pending.media_timings)
         self._outcome = TurnOutcome.FAILED
         self._prompt_tokens = 0
         self._started_ns = time.perf_counter_ns()
@@ -144,7 +147,7 @@ class TurnRunner:
             self._on_session(self._session)
             self._history = await store.history(self._tenant, self._session.session_id)
             ids = CallIds(self._session.session_id, pending.turn_id, pending.seed)
-            encoded = await self._deps.media.encode(self._tenant, ids, pending.media)
+            encoded = await self._deps.media.encode(self._tenant, ids, pending.media, self._media_stages)
             self._record.media = [ref for _, ref in encoded]
             audio = None
             if pending.audio is not None:
@@ -181,7 +184,7 @@ class TurnRunner:
                 # The LLM no longer holds past media in its cache (cold session, other replica):
                 # restore their rows and ask again. Nothing was delivered yet.
                 refs = {ref.content_id: ref for turn in self._history for ref in turn.media}
-                prompt = await self._deps.media.restore(request.ids, request.prompt, refs)
+                prompt = await self._deps.media.restore(request.ids, request.prompt, refs, self._media_stages)
                 self._result = ReplyResult()
                 await self._stream(replace(request, prompt=prompt))
         except (MediaRejected, BackendError) as error:
@@ -222,12 +225,16 @@ class TurnRunner:
 
     # ----- reporting -----
 
+    def _stages(self) -> list[StageTime]:
+        """Where the turn's time went: media encodes first, then the reply's LLM and speech stages."""
+        return [*self._media_stages, *self._result.stages]
+
     def _completed_event(self) -> assistant_pb2.ServerEvent:
         delivery, result = self._handle.delivery, self._result
         ttft, ttfa, eos = delivery.timings_ms()
         stages = [
             assistant_pb2.StageTime(stage=s.stage, queue_ms=s.queue_ns / 1e6, compute_ms=s.compute_ns / 1e6)
-            for s in result.stages
+            for s in self._stages()
         ]
         llm = result.llm_done
         completed = assistant_pb2.TurnCompleted(
@@ -251,7 +258,7 @@ class TurnRunner:
         metrics.TURNS.labels(outcome).inc()
         tracing.turn_outcome(outcome)
         metrics.TURN_SECONDS.labels(outcome).observe((time.perf_counter_ns() - self._started_ns) / 1e9)
-        for stage in self._result.stages:
+        for stage in self._stages():
             if stage.queue_ns:
                 metrics.STAGE_SECONDS.labels(stage.stage, "queue").observe(stage.queue_ns / 1e9)
             if stage.compute_ns:
