@@ -155,6 +155,8 @@ class StackConfig:
     start_timeout_s: float = 180.0
     # Torch threads per model service: with several services on a 2-core machine, oversubscription hurts.
     torch_threads: int = 1
+    # Processes per model service (e.g. {"llm": 2}); the orchestrator gets them as a replica list. Default 1.
+    replicas: dict[str, int] = field(default_factory=dict)
 
 
 class Stack:
@@ -162,7 +164,9 @@ class Stack:
         self.config = config
         self.redis: LocalRedis | None = None
         self.redis_url = ""
+        # The first process of each model service, and every replica of each (the first included).
         self.services: dict[str, ServiceProcess] = {}
+        self.replica_sets: dict[str, list[ServiceProcess]] = {}
         self.orchestrator: ServiceProcess | None = None
 
     @property
@@ -218,9 +222,11 @@ class Stack:
                 self.redis_url = self.redis.start()
             # Model services import torch and load weights: start them all at once.
             for name in self.config.services:
-                self.services[name] = self.spawn(name, self._env())
+                count = max(1, self.config.replicas.get(name, 1))
+                self.replica_sets[name] = [self.spawn(name, self._env()) for _ in range(count)]
+                self.services[name] = self.replica_sets[name][0]
             # The orchestrator needs the services' addresses, so it starts once they announced them.
-            wait_all_ready(list(self.services.values()), self.config.start_timeout_s)
+            wait_all_ready(self._model_processes(), self.config.start_timeout_s)
             self.orchestrator = self.spawn_orchestrator()
             return self
         except BaseException:
@@ -232,7 +238,8 @@ class Stack:
         keys, a dead service address, a restart); the caller stops it."""
         addresses = {f"VITA_ORCH_{name.upper()}_ADDRESS": "" for name in ("audio", "vision")}
         addresses.update(
-            {f"VITA_ORCH_{name.upper()}_ADDRESS": service.address for name, service in self.services.items()}
+            {f"VITA_ORCH_{name.upper()}_ADDRESS": ",".join(p.address for p in self.replica_sets.get(name, [service]))
+             for name, service in self.services.items()}
         )
         env = self._env(
             VITA_HOST=self.config.public_host,
@@ -256,13 +263,17 @@ class Stack:
             timeout_s = self._drain_seconds() + STOP_MARGIN_S
         if self.orchestrator is not None:
             self.orchestrator.stop(timeout_s)
-        for service in self.services.values():
+        for service in self._model_processes():
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
-        for service in self.services.values():
+        for service in self._model_processes():
             service.stop(timeout_s)
         if self.redis is not None:
             self.redis.stop()
+
+    def _model_processes(self) -> list[ServiceProcess]:
+        listed = [process for processes in self.replica_sets.values() for process in processes]
+        return listed + [process for process in self.services.values() if process not in listed]
 
     def _drain_seconds(self) -> float:
         default = ServiceSettings.model_fields["drain_seconds"].default
