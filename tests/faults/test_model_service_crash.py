@@ -95,6 +95,16 @@ async def test_a_dead_vision_service_fails_image_turns_only(fault_stack, ledger)
             await restart_if_dead(fault_stack, "vision")
 
 
+async def unclaimed_events(conv: sdk.Conversation) -> list[sdk.Event]:
+    """The events no turn handle claimed that have arrived by now."""
+    events = []
+    while True:
+        try:
+            events.append(await conv.next_event(timeout=0.5))
+        except TimeoutError:
+            return events
+
+
 def utterance(seconds: float) -> bytes:
     """A voiced-sounding signal; push-to-talk (VAD off), so the commit decides where the turn ends."""
     t = np.arange(int(16_000 * seconds)) / 16_000
@@ -124,6 +134,17 @@ async def test_kill9_of_the_audio_service_mid_utterance_fails_that_commit_only(f
                 with pytest.raises(sdk.TurnFailed) as failed:
                     await (await conv.commit_audio()).result(timeout=CLEAR_STATUS_WITHIN_S)
                 assert failed.value.code in CLEAR_CODES, failed.value
+
+                # Speaking on into the outage: the chunks are dropped at once (not each waiting out a
+                # connect deadline, which would take 25 x 3 s), the commit gets the outage's status, and
+                # the outage is reported once, not once per chunk.
+                await append(conv, utterance(1.0))
+                with pytest.raises(sdk.TurnFailed) as failed:
+                    await (await conv.commit_audio()).result(timeout=CLEAR_STATUS_WITHIN_S)
+                assert failed.value.code in CLEAR_CODES, failed.value
+                stream_errors = [e for e in await unclaimed_events(conv) if isinstance(e, sdk.TurnError) and not e.turn_id]
+                assert len(stream_errors) <= 1, stream_errors
+
                 typed = await conv.ask("Typing instead.", timeout=60)  # the rest of the stack serves on
                 assert typed.outcome == "completed"
                 await assert_all_serving(*[p for p in stack_processes(fault_stack) if p.name != "audio"])
