@@ -155,6 +155,9 @@ class StackConfig:
     start_timeout_s: float = 180.0
     # Torch threads per model service: with several services on a 2-core machine, oversubscription hurts.
     torch_threads: int = 1
+    # Also run the OpenAI-compatible gateway (apps/gateway) in front of the orchestrator, on this port.
+    gateway: bool = False
+    gateway_port: int = 0
     # Processes per model service (e.g. {"llm": 2}); the orchestrator gets them as a replica list. Default 1.
     replicas: dict[str, int] = field(default_factory=dict)
 
@@ -168,6 +171,7 @@ class Stack:
         self.services: dict[str, ServiceProcess] = {}
         self.replica_sets: dict[str, list[ServiceProcess]] = {}
         self.orchestrator: ServiceProcess | None = None
+        self.gateway: ServiceProcess | None = None
 
     @property
     def address(self) -> str:
@@ -195,13 +199,13 @@ class Stack:
         env.update(self.config.env)
         return env
 
-    def spawn(self, name: str, env: dict[str, str]) -> ServiceProcess:
+    def spawn(self, name: str, env: dict[str, str], module: str | None = None) -> ServiceProcess:
         sink, owns_sink = getattr(sys.stderr, "buffer", None) or sys.__stderr__.buffer, False
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
             sink, owns_sink = open(self.config.log_dir / f"{name}.log", "ab"), True
         process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", module or f"services.{name}"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -228,6 +232,8 @@ class Stack:
             # The orchestrator needs the services' addresses, so it starts once they announced them.
             wait_all_ready(self._model_processes(), self.config.start_timeout_s)
             self.orchestrator = self.spawn_orchestrator()
+            if self.config.gateway:
+                self.gateway = self.spawn_gateway(port=self.config.gateway_port)
             return self
         except BaseException:
             self.stop()
@@ -256,11 +262,30 @@ class Stack:
             raise
         return orchestrator
 
+    def spawn_gateway(self, orchestrator: str | None = None, port: int = 0,
+                      extra_env: dict[str, str] | None = None) -> ServiceProcess:
+        """The HTTP gateway (apps/gateway) in front of this stack's orchestrator, or of `orchestrator`; it is
+        ready once it announced its address (it announces after it listens). The caller stops it unless
+        it is the stack's own (`StackConfig.gateway`)."""
+        env = self._env(VITA_HOST=self.config.public_host, VITA_PORT=str(port),
+                        VITA_GATEWAY_ORCHESTRATOR=orchestrator or self.address)
+        env.update(extra_env or {})
+        gateway = self.spawn("gateway", env, module="apps.gateway")
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while not gateway.address:
+            if gateway.exited or time.monotonic() > deadline:
+                gateway.stop(5)
+                raise gateway.exit_error()
+            time.sleep(0.05)
+        return gateway
+
     def stop(self, timeout_s: float | None = None) -> None:
         """In order: the orchestrator drains its turns and exits, then the model services, then Redis
         saves and exits. `timeout_s`: how long each step may take before its processes are killed."""
         if timeout_s is None:
             timeout_s = self._drain_seconds() + STOP_MARGIN_S
+        if self.gateway is not None:  # first: it holds client connections to the orchestrator
+            self.gateway.stop(timeout_s)
         if self.orchestrator is not None:
             self.orchestrator.stop(timeout_s)
         for service in self._model_processes():
