@@ -23,6 +23,8 @@ from typing import Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from services.orchestrator.redis_connect import RedisTls, close_redis, open_redis
+
 TURN_WINDOW_MS = 60_000
 
 # KEYS[1] live sessions; ARGV: session id, now ms, session TTL ms, limit. → {1, 0} | {0, ms until one expires}
@@ -91,11 +93,11 @@ class Admission:
         self.turns_in_flight = 0
 
     @classmethod
-    def from_url(cls, url: str, limits: AdmissionLimits) -> "Admission":
-        return cls(redis.Redis.from_url(url), limits)
+    def from_url(cls, url: str, limits: AdmissionLimits, tls: RedisTls = RedisTls()) -> "Admission":
+        return cls(open_redis(url, tls), limits)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await close_redis(self._redis)
 
     @staticmethod
     def _key(tenant: str, kind: str) -> str:
@@ -109,7 +111,8 @@ class Admission:
         try:
             admitted, retry_ms = await self._redis.eval(script, len(keys), *keys, *args)
         except (RedisError, OSError):
-            raise AdmissionRefused("UNAVAILABLE", "the session store is unavailable; try again shortly",
+            raise AdmissionRefused("UNAVAILABLE", f"the session store is unavailable; retry in "
+                                                  f"{self.limits.busy_retry_after_ms} ms",
                                    self.limits.busy_retry_after_ms) from None
         return bool(admitted), int(retry_ms)
 

@@ -19,10 +19,22 @@ class OrchestratorSettings(BaseSettings):
     # Empty = that input modality is not served.
     audio_address: str = ""
     vision_address: str = ""
-    # redis://host:port/db or unix:///path/to/redis.sock
+    # redis://host:port/db, unix:///path/to/redis.sock, rediss://… (TLS), or Redis Sentinel:
+    # redis+sentinel://host:port,host:port/master-name (services/orchestrator/redis_connect.py).
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("VITA_ORCH_REDIS_URL", "REDIS_URL")
     )
+    # rediss:// and rediss+sentinel://: the CA that signed the server's certificate (PEM; empty = the
+    # system's), and a client certificate and key when the server asks for one.
+    redis_ca: str = ""
+    redis_cert: str = ""
+    redis_key: str = ""
+    # Replicas that must hold a session's new turn (Redis WAIT) before the turn is reported complete, so that
+    # a failover to a replica loses no completed turn. 0 = don't wait (a single Redis; replication is then
+    # asynchronous: a failover may lose the last writes, typically well under a second's worth).
+    redis_min_replica_acks: int = Field(0, ge=0)
+    # How long that wait may take; past it the turn completes anyway and a warning is logged.
+    redis_ack_timeout_ms: int = Field(1000, ge=1)
     # "key1=tenant1,key2=tenant2". Empty = no authentication (local default; logged at start).
     api_keys: str = ""
     # Idle sessions expire from Redis after this many seconds.

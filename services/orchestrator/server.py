@@ -18,6 +18,7 @@ from services.orchestrator.conversation import CLOSE, Conversation, Conversation
 from services.orchestrator.draining import SHUTTING_DOWN, LiveConversations
 from services.orchestrator.deadlines import CallDeadlines
 from services.orchestrator.grpc_backends import GrpcAudio, GrpcLLM, GrpcSpeech, GrpcVision
+from services.orchestrator.redis_connect import RedisTls, describe_url
 from services.orchestrator.replicas import Replicas, Routing
 from services.orchestrator.media import MediaLibrary
 from services.orchestrator.outbox import outcome_to_proto
@@ -278,8 +279,13 @@ class OrchestratorApp:
         if not self._keys.enabled:
             log.warning("no API keys configured: the Assistant API is open to every caller on this address")
         settings = self._settings
-        self._store = SessionStore.from_url(settings.redis_url, settings.session_ttl_s, settings.turn_lock_ttl_s)
-        self._admission = Admission.from_url(settings.redis_url, AdmissionLimits.from_settings(settings))
+        redis_tls = RedisTls.from_settings(settings)
+        try:
+            self._store = SessionStore.from_url(settings.redis_url, settings.session_ttl_s, settings.turn_lock_ttl_s,
+                                                redis_tls, settings.redis_min_replica_acks, settings.redis_ack_timeout_ms)
+            self._admission = Admission.from_url(settings.redis_url, AdmissionLimits.from_settings(settings), redis_tls)
+        except ValueError as error:
+            raise InvalidConfig(f"VITA_ORCH_REDIS_URL {describe_url(settings.redis_url)}: {error}") from None
         await self._store.ping()
         # TLS (mTLS with a client certificate) to the model services once VITA_TLS_CA is set.
         internal_tls = tls.channel_credentials(self._common)

@@ -10,14 +10,22 @@ Keys (all expire `session_ttl_s` after the session's last turn):
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Callable
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 
 from services.orchestrator import metrics
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
+from services.orchestrator.redis_connect import RedisTls, close_redis, open_redis
+
+log = logging.getLogger(__name__)
+# What a client is told to wait before it retries while the store is down (a restart, a failover).
+STORE_RETRY_HINT_MS = 1000
 
 # Release the lock only if we still own it (a crashed owner's lock may have been re-taken).
 _RELEASE_IF_OWNER = """
@@ -42,7 +50,7 @@ class StoreUnavailable(ConnectionError):
     """Redis cannot be reached (down, restarting, or the network): clients get UNAVAILABLE and retry."""
 
     def __init__(self):
-        super().__init__("the session store is unavailable; retry shortly")
+        super().__init__(f"the session store is unavailable (restarting or failing over); retry in {STORE_RETRY_HINT_MS} ms")
 
 
 @asynccontextmanager
@@ -50,25 +58,50 @@ async def _timed(operation: str):
     started = time.perf_counter()
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError):
-        # Without this a Redis restart reached clients as UNKNOWN, or as a turn that never ended.
+    except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+        # Without this a Redis restart reached clients as UNKNOWN, or as a turn that never ended. ReadOnly:
+        # a master demoted by a failover, still reached through a connection opened before it.
         raise StoreUnavailable() from None
     finally:
         metrics.REDIS_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
 
 class SessionStore:
-    def __init__(self, client: redis.Redis, session_ttl_s: int, turn_lock_ttl_s: float):
+    def __init__(self, client: redis.Redis, session_ttl_s: int, turn_lock_ttl_s: float,
+                 min_replica_acks: int = 0, ack_timeout_ms: int = 1000):
         self._redis = client
         self._ttl_s = session_ttl_s
         self._lock_ttl_ms = int(turn_lock_ttl_s * 1000)
+        self._acks = min_replica_acks
+        self._ack_timeout_ms = ack_timeout_ms
 
     @classmethod
-    def from_url(cls, url: str, session_ttl_s: int, turn_lock_ttl_s: float) -> "SessionStore":
-        return cls(redis.Redis.from_url(url), session_ttl_s, turn_lock_ttl_s)
+    def from_url(cls, url: str, session_ttl_s: int, turn_lock_ttl_s: float, tls: RedisTls = RedisTls(),
+                 min_replica_acks: int = 0, ack_timeout_ms: int = 1000) -> "SessionStore":
+        return cls(open_redis(url, tls), session_ttl_s, turn_lock_ttl_s, min_replica_acks, ack_timeout_ms)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await close_redis(self._redis)
+
+    async def _write(self, queue: Callable[[Pipeline], object]) -> None:
+        """The commands `queue` adds, as one MULTI/EXEC; with replica acks wanted, followed by WAIT on the
+        same connection (WAIT counts the replicas that have this connection's writes; inside MULTI it
+        would not block), so that what the client is told is done survives a failover."""
+        if not self._acks:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                await pipe.execute()
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("MULTI")
+            queue(pipe)
+            pipe.execute_command("EXEC")
+            pipe.execute_command("WAIT", self._acks, self._ack_timeout_ms)
+            replies = await pipe.execute()
+        acked = replies[-1]
+        if acked < self._acks:
+            log.warning("a session write reached %d of %d replica(s) within %d ms; a failover now could lose it",
+                        acked, self._acks, self._ack_timeout_ms)
 
     async def ping(self) -> None:
         async with _timed("ping"):
@@ -82,8 +115,9 @@ class SessionStore:
         record = SessionRecord(
             session_id=uuid.uuid4().hex, tenant=tenant, created_unix_ms=int(time.time() * 1000), config=config
         )
+        key = self._key(tenant, "session", record.session_id)
         async with _timed("create"):
-            await self._redis.set(self._key(tenant, "session", record.session_id), record.model_dump_json(), ex=self._ttl_s)
+            await self._write(lambda pipe: pipe.set(key, record.model_dump_json(), ex=self._ttl_s))
         return record
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord:
@@ -112,12 +146,14 @@ class SessionStore:
 
     async def append_turn(self, tenant: str, session_id: str, turn: TurnRecord) -> None:
         keys = [self._key(tenant, kind, session_id) for kind in ("session", "history")]
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.rpush(keys[1], turn.model_dump_json())
+            for key in keys:
+                pipe.expire(key, self._ttl_s)
+
         async with _timed("append_turn"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(keys[1], turn.model_dump_json())
-                for key in keys:
-                    pipe.expire(key, self._ttl_s)
-                await pipe.execute()
+            await self._write(queue)
 
     async def acquire_turn(self, tenant: str, session_id: str, turn_id: str) -> None:
         """Marks a turn as running; raises TurnInProgress if another one is (any orchestrator replica)."""
@@ -142,12 +178,14 @@ class SessionStore:
         across sessions), so that deleting the session leaves nothing behind."""
         key = self._key(tenant, "blob", f"{session_id}:{content_id}")
         owned = self._key(tenant, "blobs", session_id)
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.set(key, data, ex=self._ttl_s)
+            pipe.sadd(owned, key)
+            pipe.expire(owned, self._ttl_s)
+
         async with _timed("put_blob"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, data, ex=self._ttl_s)
-                pipe.sadd(owned, key)
-                pipe.expire(owned, self._ttl_s)
-                await pipe.execute()
+            await self._write(queue)
         return key
 
     async def get_blob(self, key: str) -> bytes | None:
