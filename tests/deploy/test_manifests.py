@@ -3,8 +3,9 @@
 - docker-compose.yml (+ the GPU override) against the Compose specification's JSON schema, vendored in
   check-jsonschema, and for what the schema cannot see (healthchecks behind service_healthy, ports).
 - Kubernetes: every overlay rendered with `kubectl kustomize`, every object validated in strict mode by
-  kubernetes-validate (it ships the Kubernetes schemas), the ServiceMonitor CRD against
-  deploy/schemas/servicemonitor.schema.json; then the wiring (probes, headless Services, HPAs, PDBs, GPUs).
+  kubernetes-validate (it ships the Kubernetes schemas), the Prometheus Operator's custom resources against
+  deploy/schemas/; then the wiring (probes, headless Services, HPAs and the prometheus-adapter rules that
+  feed them, PDBs, GPUs, the checkpoint volume, images).
 - The Dockerfile: a lint (COPY sources exist and are not dockerignored, stages resolve, pins agree).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +36,10 @@ K8S_VERSIONS = ["1.32.0", "1.37.0"]
 MODEL_SERVICES = ["llm", "speech", "audio", "vision"]
 GRPC_PORT, METRICS_PORT = 50051, 9090
 # Custom resources kubernetes-validate has no schema for, and the schema each is checked against instead.
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): DEPLOY / "schemas" / "servicemonitor.schema.json"}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): DEPLOY / "schemas" / "servicemonitor.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): DEPLOY / "schemas" / "prometheusrule.schema.json",
+}
 # Secrets an operator creates by hand (never committed); every other reference must resolve.
 EXTERNAL_SECRETS = {"gpu": {"vita-api-keys"}, "gpu-external-redis": {"vita-api-keys", "vita-redis"}}
 
@@ -97,14 +102,49 @@ def test_compose_wiring():
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
-def test_compose_gpu_override_reserves_a_gpu_per_model_service():
+def interpolate_default(value: str) -> str:
+    """A Compose value with its ${VAR:-default} references replaced by their defaults."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_gpu_override_gives_each_model_service_its_own_gpu():
     override = load_yaml(DEPLOY / "docker" / "compose.gpu.yml")
+    devices = {}
     for name in MODEL_SERVICES:
         svc = override["services"][name]
         (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        # `count: 1` gives every service the first GPU: each names its device, settable per service.
+        assert "count" not in device, f"{name}: count reserves the same first GPU for every service"
+        (device_id,) = device["device_ids"]
+        assert f"VITA_{name.upper()}_GPU" in device_id
+        devices[name] = interpolate_default(device_id)
         assert svc["build"]["args"]["VARIANT"] == "gpu"
+    assert len(set(devices.values())) == len(MODEL_SERVICES), devices
     assert "deploy" not in override["services"]["orchestrator"]
+    assert override["services"]["orchestrator"]["build"]["args"]["VARIANT"] == "gpu"
+
+
+def test_compose_publishes_on_loopback_and_has_no_default_password():
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    published = {name: svc["ports"] for name, svc in services.items() if "ports" in svc}
+    assert set(published) == {"orchestrator", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for port in ports:
+            host_ip = interpolate_default(port).split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback by default"
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    # ${VAR:?message}: Compose refuses to start without it; no admin/admin fallback.
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+
+
+def test_compose_does_not_restart_a_failed_start_forever():
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    for name in [*MODEL_SERVICES, "orchestrator"]:
+        policy = services[name]["restart"]
+        # Exit 2 (bad checkpoint or setting) would loop under always/unless-stopped.
+        match = re.fullmatch(r"on-failure:(\d+)", policy)
+        assert match and 1 <= int(match.group(1)) <= 10, f"{name}: restart {policy!r}"
 
 
 def test_prometheus_scrapes_every_compose_service():
@@ -268,7 +308,44 @@ def test_services_probes_scaling_and_budgets(rendered):
         target = hpas[name]["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) == ("Deployment", name)
         assert hpas[name]["spec"]["maxReplicas"] >= 2
-        assert pdbs[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        check_disruption_budget(name, deployment, hpas[name], pdbs.get(name))
+
+
+def check_disruption_budget(name: str, deployment: dict, hpa: dict, pdb: dict | None) -> None:
+    """A budget only where two or more replicas run, and one that lets a drain go on while one serves:
+    with one replica `maxUnavailable: 1` protects nothing and `minAvailable: 1` blocks every drain."""
+    min_replicas = min(deployment["spec"]["replicas"], hpa["spec"].get("minReplicas", 1))
+    if pdb is None:
+        assert min_replicas == 1, f"{name}: {min_replicas} replicas and no PodDisruptionBudget"
+        return
+    assert min_replicas >= 2, f"{name}: a PodDisruptionBudget with a single replica"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    spec = pdb["spec"]
+    if "minAvailable" in spec:
+        assert 1 <= spec["minAvailable"] < min_replicas, (name, spec)
+    else:
+        assert 1 <= spec["maxUnavailable"] < min_replicas, (name, spec)
+
+
+def test_high_availability_component_gives_model_services_budgets(tmp_path):
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: it renders the kustomize overlays (apt/snap package kubectl)")
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize takes relative paths only.
+        "resources": [os.path.relpath(DEPLOY / "k8s" / "overlays" / "gpu", tmp_path)],
+        "components": [os.path.relpath(DEPLOY / "k8s" / "components" / "high-availability", tmp_path)],
+    }))
+    result = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    deployments, hpas = by_kind(docs, "Deployment"), by_kind(docs, "HorizontalPodAutoscaler")
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    assert set(pdbs) == set(deployments)
+    for name, deployment in deployments.items():
+        check_disruption_budget(name, deployment, hpas[name], pdbs[name])
 
 
 def test_config_and_secret_references_resolve(rendered):
@@ -294,6 +371,48 @@ def test_config_and_secret_references_resolve(rendered):
     common = next(cm["data"] for name, cm in config_maps.items() if name.startswith("vita-config"))
     assert common["VITA_PORT"] == str(GRPC_PORT) and common["VITA_METRICS_PORT"] == str(METRICS_PORT)
     assert common["VITA_HOST"] == "0.0.0.0" and "VITA_OTLP_ENDPOINT" in common
+
+
+def test_images_name_a_registry_and_a_pull_policy(rendered):
+    overlay, docs = rendered
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        container = _container(doc)
+        registry = container["image"].split("/")[0]
+        # A registry host has a dot or a port (or is localhost); a bare name means Docker Hub implicitly.
+        assert "/" in container["image"] and ("." in registry or ":" in registry or registry == "localhost"), (
+            f"{doc['metadata']['name']}: image {container['image']} names no registry"
+        )
+        assert container["imagePullPolicy"] in ("Always", "IfNotPresent"), doc["metadata"]["name"]
+        if overlay.startswith("gpu") and doc["kind"] == "Deployment":
+            # The gpu overlay's tag (`gpu`) is mutable: nodes must not keep running a stale copy.
+            assert container["imagePullPolicy"] == "Always"
+
+
+def test_the_checkpoint_volume_binds_and_only_model_pods_mount_it(rendered):
+    overlay, docs = rendered
+    claims = by_kind(docs, "PersistentVolumeClaim")
+    if not overlay.startswith("gpu"):
+        assert "vita-checkpoint" not in claims
+        return
+    claim = claims["vita-checkpoint"]["spec"]
+    assert claim["accessModes"] == ["ReadOnlyMany"]
+    # Without a class the cluster's default (block storage, ReadWriteOnce only) leaves it Pending.
+    assert claim.get("storageClassName"), "the ReadOnlyMany checkpoint claim needs a file-storage class"
+    for name, deployment in by_kind(docs, "Deployment").items():
+        spec = deployment["spec"]["template"]["spec"]
+        claimed = {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+        env = {var["name"]: var.get("value") for var in _container(deployment).get("env", [])}
+        if name == "vita-orchestrator":
+            # Pending on an unbindable claim must not take the public API down with it.
+            assert not claimed and "VITA_CHECKPOINT" not in env, name
+        else:
+            assert claimed == {"vita-checkpoint"}, name
+            mount = next(m for m in _container(deployment)["volumeMounts"] if m["name"] == "checkpoint")
+            assert mount["readOnly"] and env["VITA_CHECKPOINT"].startswith(mount["mountPath"] + "/")
+    for config_map in by_kind(docs, "ConfigMap").values():
+        assert "VITA_CHECKPOINT" not in config_map.get("data", {}), "every pod reads the ConfigMaps"
 
 
 def test_gpus_are_requested_only_where_a_model_runs(rendered):
@@ -334,3 +453,70 @@ def test_servicemonitor_scrapes_every_service(rendered):
     }
     assert selected == {f"vita-{name}" for name in [*MODEL_SERVICES, "orchestrator"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} == {"metrics"}
+    # kube-prometheus-stack selects ServiceMonitors and PrometheusRules by its Helm release name.
+    (rule,) = by_kind(docs, "PrometheusRule").values()
+    for resource in (monitor, rule):
+        assert resource["metadata"]["labels"].get("release"), f"{resource['kind']} lacks the `release` label"
+
+
+def test_prometheus_rule_carries_the_alerts_file(rendered):
+    _, docs = rendered
+    (rule,) = by_kind(docs, "PrometheusRule").values()
+    groups = load_yaml(DEPLOY / "prometheus" / "alerts.yml")["groups"]
+    assert rule["spec"]["groups"] == groups, (
+        "deploy/k8s/base/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: "
+        "run `python scripts/gen_prometheusrule.py`"
+    )
+
+
+# ------------------------------------------------------------------------------- prometheus-adapter
+
+ADAPTER = DEPLOY / "k8s" / "prometheus-adapter"
+
+
+def adapter_metric_names() -> set[str]:
+    """Names the adapter serves: the metrics its series queries select, renamed as its rules say."""
+    served = set()
+    for rule in load_yaml(ADAPTER / "rules.yaml")["rules"]:
+        (names,) = re.findall(r'__name__=~"\^?([^"$]+)\$?"', rule["seriesQuery"])
+        prefix, alternatives = re.fullmatch(r"(\w*)\(([\w|]+)\)", names).groups()
+        pattern = rule["name"]["matches"]
+        for metric in (prefix + a for a in alternatives.split("|")):
+            served.add(re.sub(pattern, rule["name"]["as"].replace("${", "\\g<").replace("}", ">"), metric))
+        assert {"namespace", "pod"} == {k for k in rule["resources"]["overrides"]}
+    return served
+
+
+def test_adapter_rules_serve_declared_gauges():
+    from tests.deploy.test_dashboard import declared_series
+
+    series, _ = declared_series()
+    served = adapter_metric_names()
+    assert served and all(series.get(name) == "gauge" for name in served), {n: series.get(n) for n in served}
+
+
+def test_adapter_manifest_validates():
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: it renders the kustomize overlays (apt/snap package kubectl)")
+    result = subprocess.run([KUBECTL, "kustomize", str(ADAPTER)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (config_map,) = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(config_map, version, strict=True)
+    assert config_map["metadata"]["name"] == "vita-prometheus-adapter-rules"
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == load_yaml(ADAPTER / "rules.yaml")
+
+
+def test_pods_metric_autoscalers_use_what_the_adapter_serves(rendered):
+    overlay, docs = rendered
+    served = adapter_metric_names()
+    used = set()
+    for name, hpa in by_kind(docs, "HorizontalPodAutoscaler").items():
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                used.add(metric["pods"]["metric"]["name"])
+                assert metric["pods"]["target"]["type"] == "AverageValue", name
+    assert used <= served, f"{overlay}: HPAs use metrics the adapter does not serve: {used - served}"
+    if overlay.startswith("gpu"):
+        # Queue depth, not only occupancy, drives scale-out.
+        assert {"vita_llm_waiting_requests", "vita_speech_queued_segments", "vita_vision_queued_tiles"} <= used
