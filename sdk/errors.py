@@ -9,11 +9,12 @@ import grpc
 class TurnFailed(Exception):
     """The server refused or failed the turn (an `error` event for it)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, partial):
+    def __init__(self, code: grpc.StatusCode, message: str, partial, retry_after_ms: int = 0):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.partial = partial  # TurnResult: what arrived before the error
+        self.retry_after_ms = retry_after_ms  # the server's hint for a retry; 0: none
 
 
 class TurnInterruptedError(Exception):

@@ -118,6 +118,7 @@ class TurnError(Event):
 
     code: grpc.StatusCode
     message: str
+    retry_after_ms: int = 0  # with RESOURCE_EXHAUSTED / UNAVAILABLE: wait this long before a retry (0: no hint)
 
 
 # ----- SDK events ---------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ def from_proto(message: pb.ServerEvent, received_at: float) -> Event:
     if kind == "turn_completed":
         return _completed(message.turn_completed, common)
     if kind == "error":
-        return TurnError(code=status_code(message.error.code), message=message.error.message, **common)
+        return TurnError(code=status_code(message.error.code), message=message.error.message,
+                         retry_after_ms=message.error.retry_after_ms, **common)
     if kind == "ready":
         return Ready(session=Session.from_proto(message.ready.session), weights=message.ready.weights, **common)
     if kind == "speech_started":

@@ -93,7 +93,7 @@ class TurnRouter:
     def _fail_waiters(self, error: TurnError) -> None:
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_exception(TurnFailed(error.code, error.message, TurnResult("", [error])))
+                waiter.set_exception(TurnFailed(error.code, error.message, TurnResult("", [error]), error.retry_after_ms))
         self._waiters.clear()
 
     def _forget(self, turn_id: str) -> None:

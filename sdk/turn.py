@@ -132,7 +132,7 @@ class Turn:
         await asyncio.wait_for(self._done.wait(), timeout)
         result = self._result
         if result.error is not None:
-            raise TurnFailed(result.error.code, result.error.message, result)
+            raise TurnFailed(result.error.code, result.error.message, result, result.error.retry_after_ms)
         if result.interrupted is not None:
             raise TurnInterruptedError(result.interrupted.reason, result)
         return result

@@ -1,4 +1,5 @@
-"""RESOURCE_EXHAUSTED with a retry hint: every bounded queue of the stack refuses this way.
+"""RESOURCE_EXHAUSTED (or UNAVAILABLE) with a retry hint: every bounded queue of the stack refuses this way,
+and so does a store that is failing over.
 
 The hint travels as the trailing metadata `retry-after-ms` (milliseconds, a decimal string) and is also
 written into the status message, so that a client without metadata access can still act on it.
@@ -11,10 +12,16 @@ import grpc
 RETRY_AFTER_KEY = "retry-after-ms"
 
 
+async def abort_with_retry(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+                           retry_after_ms: int) -> None:
+    """Ends the call with `code`, `message` and the retry hint (never returns)."""
+    context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(retry_after_ms))),))
+    await context.abort(code, message)
+
+
 async def abort_exhausted(context: grpc.aio.ServicerContext, message: str, retry_after_ms: int) -> None:
     """Ends the call with RESOURCE_EXHAUSTED, `message` and the retry hint (never returns)."""
-    context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(retry_after_ms))),))
-    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    await abort_with_retry(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_ms)
 
 
 def retry_after_ms(metadata) -> int | None:

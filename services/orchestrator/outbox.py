@@ -53,12 +53,13 @@ class Outbox:
     def send_event(self, turn_id: str = "", **kind) -> None:
         self.send(Outgoing(event=self.event(turn_id, **kind)))
 
-    def error_item(self, turn_id: str, code: str, message: str) -> Outgoing:
+    def error_item(self, turn_id: str, code: str, message: str, retry_after_ms: int = 0) -> Outgoing:
         metrics.ERRORS.labels(code).inc()
-        return Outgoing(event=self.event(turn_id, error=assistant_pb2.Error(code=CODES[code], message=message)))
+        error = assistant_pb2.Error(code=CODES[code], message=message, retry_after_ms=max(0, int(retry_after_ms)))
+        return Outgoing(event=self.event(turn_id, error=error))
 
-    def send_error(self, turn_id: str, code: str, message: str) -> None:
-        self.send(self.error_item(turn_id, code, message))
+    def send_error(self, turn_id: str, code: str, message: str, retry_after_ms: int = 0) -> None:
+        self.send(self.error_item(turn_id, code, message, retry_after_ms))
 
     def close(self) -> None:
         self.queue.put_nowait(CLOSE)

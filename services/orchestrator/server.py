@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import grpc
@@ -25,13 +26,13 @@ from services.orchestrator.outbox import outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, SegmenterLimits
 from services.orchestrator.prompt import PromptBuilder
 from services.orchestrator.records import SessionRecord, SessionSettings, TurnRecord
-from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreUnavailable
+from services.orchestrator.sessions import STORE_RETRY_HINT_MS, SessionNotFound, SessionStore, StoreUnavailable
 from services.orchestrator.wire import Unparseable, add_assistant_to_server
 from shared import tls
 from shared.channels import open_channel
 from shared.grpc_server import LoadingGate
 from shared.keepalive import Keepalive
-from shared.retry_hint import abort_exhausted
+from shared.retry_hint import abort_with_retry
 from shared.session_settings import describe
 from shared.settings import ServiceSettings
 from shared.tokenizer import QwenTokenizer
@@ -117,9 +118,21 @@ def input_format_problem(start: assistant_pb2.ConverseStart) -> str | None:
 
 
 async def abort_refused(context: grpc.aio.ServicerContext, refused: AdmissionRefused) -> None:
-    if refused.code == "RESOURCE_EXHAUSTED":
-        await abort_exhausted(context, refused.message, refused.retry_after_ms)
-    await context.abort(grpc.StatusCode.UNAVAILABLE, refused.message)
+    await abort_with_retry(context, grpc.StatusCode[refused.code], refused.message, refused.retry_after_ms)
+
+
+def store_outage_is_unavailable(rpc):
+    """A session call that meets the store down (restarting, failing over) ends UNAVAILABLE with a retry
+    hint; without this it reached the client as UNKNOWN."""
+
+    @functools.wraps(rpc)
+    async def guarded(self, request, context):
+        try:
+            return await rpc(self, request, context)
+        except StoreUnavailable as error:
+            await abort_with_retry(context, grpc.StatusCode.UNAVAILABLE, str(error), STORE_RETRY_HINT_MS)
+
+    return guarded
 
 
 class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
@@ -133,6 +146,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
         self._deps = deps
         self.open()
 
+    @store_outage_is_unavailable
     async def CreateSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
@@ -149,6 +163,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             await abort_refused(context, refused)
         return assistant_pb2.CreateSessionResponse(session=session_to_proto(record, [], ""))
 
+    @store_outage_is_unavailable
     async def GetSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
@@ -158,6 +173,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
         running = await self._deps.store.running_turn(tenant, record.session_id)
         return assistant_pb2.GetSessionResponse(session=session_to_proto(record, history, running))
 
+    @store_outage_is_unavailable
     async def DeleteSession(self, request, context):
         await self.require_loaded(context)
         tenant = await self._keys.require(context)
@@ -174,8 +190,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer, LoadingGate):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             return await self._deps.store.get(tenant, session_id)
-        except StoreUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except StoreUnavailable as error:  # also reached from Converse, which the decorator does not guard
+            await abort_with_retry(context, grpc.StatusCode.UNAVAILABLE, str(error), STORE_RETRY_HINT_MS)
         except SessionNotFound:
             # Another tenant's session is indistinguishable from a missing one.
             await context.abort(grpc.StatusCode.NOT_FOUND, f"session {session_id} not found")

@@ -17,7 +17,13 @@ from services.orchestrator.outbox import Outbox, StreamSink, outcome_to_proto
 from services.orchestrator.pipeline import ReplyPipeline, ReplyRequest, ReplyResult
 from services.orchestrator.prompt import PromptBuilder, PromptTooLong, UserMessage
 from services.orchestrator.records import SessionRecord, TurnOutcome, TurnRecord
-from services.orchestrator.sessions import SessionNotFound, SessionStore, StoreUnavailable, TurnInProgress
+from services.orchestrator.sessions import (
+    STORE_RETRY_HINT_MS,
+    SessionNotFound,
+    SessionStore,
+    StoreUnavailable,
+    TurnInProgress,
+)
 from services.orchestrator.turn import CancelReason, TurnHandle
 from services.orchestrator.turn_input import PendingTurn
 from shared import tracing
@@ -39,10 +45,11 @@ class ConversationDeps:
 class _TurnFailed(Exception):
     """The turn ends with this error; the session is left as it was (a failed turn is not recorded)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after_ms: int = 0):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
 
 
 class TurnRunner:
@@ -93,10 +100,10 @@ class TurnRunner:
             final = Outgoing(turn=self._handle.delivery, build=self._completed_event)
         except _TurnFailed as failed:
             self._handle.fail()
-            final = self._outbox.error_item(self._turn_id, failed.code, failed.message)
+            final = self._outbox.error_item(self._turn_id, failed.code, failed.message, failed.retry_after_ms)
         except StoreUnavailable as error:
             self._handle.fail()
-            final = self._outbox.error_item(self._turn_id, "UNAVAILABLE", str(error))
+            final = self._outbox.error_item(self._turn_id, "UNAVAILABLE", str(error), STORE_RETRY_HINT_MS)
         except asyncio.CancelledError:
             if self._handle.cancel_reason is None:
                 raise  # not a cancel of this turn: the server is stopping
@@ -135,7 +142,7 @@ class TurnRunner:
         try:
             release = await self._deps.admission.start_turn(self._tenant, self._session.session_id)
         except AdmissionRefused as refused:
-            raise _TurnFailed(refused.code, refused.message) from None
+            raise _TurnFailed(refused.code, refused.message, refused.retry_after_ms) from None
         asyncio.current_task().add_done_callback(lambda _: release())
 
     async def _prepare(self) -> ReplyRequest:

@@ -77,6 +77,7 @@ async def test_a_full_admission_queue_refuses_with_resource_exhausted(one_turn_o
                 await refused.ask("Me too?", timeout=CLEAR_STATUS_WITHIN_S)
             assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, full.value
             assert "retry" in full.value.message.lower()  # the client is told what to do
+            assert full.value.retry_after_ms > 0  # and a program is told when, in a field
             await running.cancel()
             await running.result(timeout=CLEAR_STATUS_WITHIN_S)
             await assert_all_serving(one_turn_orchestrator)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 import sdk
+from shared.retry_hint import retry_after_ms
 from tests.sdk.waits import next_of, wait_idle
 from tests.faults.aof_redis import AofRedis
 from tests.faults.processes import assert_all_serving, kill9, port_of
@@ -76,9 +77,12 @@ async def test_redis_restarted_mid_conversation_keeps_sessions_and_history(fault
                 with pytest.raises(sdk.TurnFailed) as failed:
                     await conv.ask("Are you there?", timeout=CLEAR_STATUS_WITHIN_S)
                 assert failed.value.code == grpc.StatusCode.UNAVAILABLE, failed.value
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await client.get_session(conv.session_id)
-                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert failed.value.retry_after_ms > 0, "the refusal carries no retry hint"
+                for call in (lambda: client.get_session(conv.session_id), lambda: client.create_session(CONFIG)):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await call()
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+                    assert retry_after_ms(refused.value.trailing_metadata()) > 0, refused.value
                 await assert_all_serving(orchestrator, *fault_stack.services.values())
 
                 await asyncio.to_thread(aof_redis.start)

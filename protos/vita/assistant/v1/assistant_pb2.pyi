@@ -327,12 +327,14 @@ class TurnCompleted(_message.Message):
     def __init__(self, outcome: _Optional[_Union[TurnOutcome, str]] = ..., timings: _Optional[_Union[TurnTimings, _Mapping]] = ..., reply_text: _Optional[str] = ..., audio_samples: _Optional[int] = ..., codec_tokens: _Optional[int] = ..., reply_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., prefilled_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after_ms")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class ServerEvent(_message.Message):
     __slots__ = ("session_id", "turn_id", "server_time_unix_ns", "ready", "turn_started", "text_delta", "audio", "turn_completed", "error", "speech_started", "speech_stopped", "reply_suppressed", "playback_flush")
