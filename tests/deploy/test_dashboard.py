@@ -25,6 +25,8 @@ SUFFIXES = {
     "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
     "unknown": ("",),
 }
+# Labels Prometheus attaches to every scraped series (the target's), not declared by the code.
+TARGET_LABELS = {"namespace", "job"}
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 
 
@@ -94,7 +96,7 @@ def test_every_query_uses_declared_metrics_and_labels():
                 problems.append(f"{title}: {name} is not exported by the code")
             elif series[name] == "histogram" and not name.endswith(("_bucket", "_sum", "_count")):
                 problems.append(f"{title}: histogram {name} queried without _bucket/_sum/_count")
-        known = set().union(*(labels.get(name, set()) for name in metrics))
+        known = set().union(*(labels.get(name, set()) for name in metrics)) | TARGET_LABELS
         unknown = used_labels - known
         if unknown:
             problems.append(f"{title}: labels {sorted(unknown)} not declared on {sorted(metrics)}")
@@ -115,7 +117,12 @@ def test_dashboard_structure():
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "job"]
+    for name in ("namespace", "job"):
+        # "All" must match series without the label too (Compose targets have no namespace).
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+        assert variables[name]["datasource"]["uid"] == "${datasource}"
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
@@ -123,3 +130,14 @@ def test_dashboard_structure():
     exprs = " ".join(expr for _, expr in dashboard_targets())
     for name in ("ttft", "ttfa", "eos_to_audio", "stage_seconds", "audio_underrun_risk", "redis_seconds"):
         assert f"vita_orchestrator_{name}" in exprs
+
+
+def test_every_query_is_scoped_to_the_chosen_namespace_and_job():
+    # Two deployments on one Prometheus must not be summed together.
+    problems = []
+    for title, expr in dashboard_targets():
+        for name, selector in re.findall(r"\b(vita_\w+)(\{[^}]*\})?", expr):
+            if 'namespace=~"$namespace"' not in selector or 'job=~"$job"' not in selector:
+                problems.append(f"{title}: {name}{selector}")
+    assert not problems, "\n".join(problems)
+
