@@ -15,6 +15,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from services.orchestrator import metrics
 from services.orchestrator.backends import (
     AudioBackend,
     BackendError,
@@ -92,6 +93,7 @@ class EmbeddingCache:
         while self._bytes > self._max_bytes:
             _, evicted = self._rows.popitem(last=False)
             self._bytes -= evicted.nbytes
+        metrics.EMBEDDING_CACHE_BYTES.set(self._bytes)
 
 
 class MediaLibrary:

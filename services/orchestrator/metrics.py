@@ -38,6 +38,11 @@ REDIS_SECONDS = Histogram(
     "vita_orchestrator_redis_seconds", "Redis operation latency", ["operation"], buckets=COMPUTE_BUCKETS_S
 )
 ERRORS = Counter("vita_orchestrator_turn_errors_total", "Turn errors sent to clients by gRPC code", ["code"])
+EMBEDDING_CACHE_BYTES = Gauge(
+    "vita_orchestrator_embedding_cache_bytes",
+    "Bytes of media embeddings held in memory (bounded by VITA_ORCH_EMBEDDING_CACHE_BYTES; RSS grows with "
+    "it until it is full)",
+)
 ASYNCIO_TASKS = Gauge(
     "vita_orchestrator_asyncio_tasks", "asyncio tasks alive on the serving event loop (a leak makes it grow)"
 )
