@@ -32,6 +32,11 @@ class VisionSettings(BaseSettings):
     max_camera_frames: int = Field(default=64, ge=1)
     # Decodes (PIL / PyAV, in worker threads) run at once: bounds the memory of decoded pictures.
     max_concurrent_decodes: int = Field(default=4, ge=1)
+    # Requests admitted at once (decoding, waiting for a decode thread, or encoding). One more is refused
+    # with RESOURCE_EXHAUSTED and a `retry-after-ms` of busy_retry_after_ms (the orchestrator then tries
+    # another replica): a flood of pictures gets a fast answer instead of a queue without end.
+    max_requests_in_flight: int = Field(default=64, ge=1)
+    busy_retry_after_ms: int = Field(default=500, ge=1)
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(

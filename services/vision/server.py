@@ -7,6 +7,7 @@ Status codes (the right code with an actionable message; internals never leak):
   problem. (A request over the gRPC message limit never reaches us: gRPC itself answers
   RESOURCE_EXHAUSTED, which is why the byte limits default below that limit.)
 * A bad `max_tiles`, too many camera frames, or a call without ctx.session_id / ctx.turn_id: INVALID_ARGUMENT.
+* More requests in flight than VITA_VISION_MAX_REQUESTS_IN_FLIGHT: RESOURCE_EXHAUSTED with `retry-after-ms`.
 * Engine stopped (shutdown): UNAVAILABLE, retryable on another replica.
 * Anything else: INTERNAL with a generic message; the details go to the log only.
 """
@@ -33,6 +34,7 @@ from services.vision.video import frames_from_camera, video_to_tiles
 from services.vision.weights import load_vision
 from shared.grpc_server import EngineApp, LoadingGate
 from shared.presets import get_preset
+from shared.retry_hint import abort_exhausted
 from shared.settings import ServiceSettings, resolve_device, resolve_dtype
 from shared.tensors import to_proto
 from shared.weights_info import weights_info
@@ -107,6 +109,10 @@ class _Rejected(Exception):
     """A request field check failed before any work: INVALID_ARGUMENT with this message."""
 
 
+class _Busy(Exception):
+    """Requests in flight are at their bound: RESOURCE_EXHAUSTED with a retry hint."""
+
+
 class VisionServicer(vision_pb2_grpc.VisionServicer, LoadingGate):
     """Registered before the model loads (health says NOT_SERVING meanwhile); `attach` opens it."""
 
@@ -121,6 +127,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer, LoadingGate):
         self._tokens_per_tile = tokens_per_tile
         self._hidden_size = hidden_size
         self._weights = weights
+        self._in_flight = 0
         self.open()
 
     async def Describe(self, request, context):
@@ -187,7 +194,21 @@ class VisionServicer(vision_pb2_grpc.VisionServicer, LoadingGate):
                     raise _Rejected("ctx.session_id and ctx.turn_id are required")
                 if invalid is not None:
                     raise _Rejected(invalid)
-                encoded = await self._run(kind, decode)
+                if self._in_flight >= self._settings.max_requests_in_flight:
+                    raise _Busy()
+                self._in_flight += 1
+                try:
+                    encoded = await self._run(kind, decode)
+                finally:
+                    self._in_flight -= 1
+            except _Busy:
+                outcome = "refused"
+                await abort_exhausted(
+                    context,
+                    f"the vision service has {self._settings.max_requests_in_flight} requests in flight, its limit "
+                    f"(VITA_VISION_MAX_REQUESTS_IN_FLIGHT); retry in {self._settings.busy_retry_after_ms} ms",
+                    self._settings.busy_retry_after_ms,
+                )
             except _Rejected as error:
                 outcome = "invalid"
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)

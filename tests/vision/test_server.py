@@ -4,6 +4,7 @@ every bad input as a precise status with the service still serving, cancellation
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from services.vision.server import INTERNAL_MESSAGE, VisionApp
 from services.vision.weights import load_vision
 from shared.grpc_server import MetricsInterceptor, channel_options
 from shared.presets import TINY
+from shared.retry_hint import retry_after_ms
 from shared.settings import MiB, ServiceSettings
 from shared.tensors import from_proto
 from tests.vision.media import audio_only_mp4, encode_image, png_from_header, video_bytes
@@ -358,3 +360,31 @@ async def test_cancel_mid_stream(vision: Served) -> None:
             lambda: sample("vita_vision_requests_total", kind="image", outcome="cancelled") > cancelled_before
         )
     await assert_serving(vision.stub)
+
+
+# ------------------------------------------------------------------------------------------ bounded
+
+
+async def test_a_request_past_the_in_flight_bound_is_refused_with_a_retry_hint(vision: Served, monkeypatch) -> None:
+    settings = vision.app.servicer._settings
+    monkeypatch.setattr(settings, "max_requests_in_flight", 1)
+    real, release = vision_server.image_to_tiles, threading.Event()
+
+    def held(*args, **kwargs):
+        release.wait(30)  # the first request stays in flight until the second one has been answered
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vision_server, "image_to_tiles", held)
+    first = asyncio.ensure_future(collect(vision.stub.EncodeImage(image_request(SMALL_PNG), timeout=60)))
+    try:
+        await _eventually(lambda: vision.app.servicer._in_flight == 1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await collect(vision.stub.EncodeImage(image_request(SMALL_PNG), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "VITA_VISION_MAX_REQUESTS_IN_FLIGHT" in refused.value.details()
+        assert retry_after_ms(refused.value.trailing_metadata()) == settings.busy_retry_after_ms
+    finally:
+        release.set()
+    check_chunks(await first, 1)  # the admitted request is served, and the slot is free again
+    monkeypatch.setattr(vision_server, "image_to_tiles", real)
+    check_chunks(await collect(vision.stub.EncodeImage(image_request(SMALL_PNG), timeout=30)), 1)
