@@ -80,7 +80,7 @@ class GrpcSpeechStream:
             self._held.in_flight -= 1
         self._held = replica
         if replica is not None:
-            replica.in_flight += 1
+            replica.hold()
 
     async def _open(self, replica: Replica) -> None:
         self._hold(replica)

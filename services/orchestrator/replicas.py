@@ -19,7 +19,7 @@ lets the orchestrator choose the replica itself:
   `affine=False` sends keyed calls round robin instead (the baseline the affinity is measured against).
 * other calls (speech, vision, audio): the less loaded of two random picks, by calls in flight from this
   orchestrator ("power of two choices": near the best spread without every orchestrator herding onto the
-  same least-loaded replica).
+  same least-loaded replica); between two equally loaded picks, the one that has started fewer calls.
 Replicas whose channel is failing go last, whatever the policy.
 """
 
@@ -107,6 +107,9 @@ class Replica:
     target: str
     channel: grpc.aio.Channel
     in_flight: int = 0
+    # Calls ever started here: breaks ties between equally idle replicas, so that calls one after the
+    # other alternate instead of following a coin.
+    started: int = 0
     _stubs: dict = field(default_factory=dict)
 
     @property
@@ -120,9 +123,13 @@ class Replica:
             stub = self._stubs[stub_class] = stub_class(self.channel)
         return stub
 
+    def hold(self) -> None:
+        self.in_flight += 1
+        self.started += 1
+
     @contextlib.contextmanager
     def busy(self) -> Iterator["Replica"]:
-        self.in_flight += 1
+        self.hold()
         try:
             yield self
         finally:
@@ -263,7 +270,7 @@ class Replicas:
 
     def _two_choices(self, pool: list[Replica]) -> list[Replica]:
         first, second = self.rng.sample(pool, 2)
-        if second.in_flight < first.in_flight:
+        if (second.in_flight, second.started) < (first.in_flight, first.started):
             first, second = second, first
         return [first, second] + [r for r in pool if r is not first and r is not second]
 

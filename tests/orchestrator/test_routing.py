@@ -147,6 +147,16 @@ def test_two_choices_take_the_less_loaded_pick():
     assert len(firsts) == 4  # never a single hot spot
 
 
+def test_calls_one_after_the_other_alternate_between_idle_replicas():
+    group = fake_group(2)
+    picks = []
+    for _ in range(8):
+        with group.ranked()[0].busy() as replica:
+            picks.append(replica.target)
+    # Every pair of calls uses both (which goes first within a pair is the coin's).
+    assert all(picks[index] != picks[index + 1] for index in range(0, 8, 2)), picks
+
+
 async def test_a_dns_name_resolved_to_two_pods_keeps_sessions_on_their_pod_and_follows_changes():
     servicers, servers, port = await two_pods()
     resolver = StubResolver("127.0.0.1", "127.0.0.2")
