@@ -23,10 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from shared import tls, tracing
+from shared import json_logs, tls, tracing
 from shared.checkpoint import CheckpointError
 from shared.keepalive import DEFAULT as DEFAULT_KEEPALIVE
 from shared.keepalive import Keepalive
+from shared.log_fields import CallFieldsInterceptor
 from shared.metrics import RpcMetrics
 from shared.rpc_handlers import final_code, is_infrastructure, wrap_around
 from shared.settings import ServiceSettings
@@ -212,6 +213,7 @@ def configure_logging(level: str) -> None:
 
 async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: list | None = None) -> None:
     """Serves until SIGTERM/SIGINT, then drains for `settings.drain_seconds`."""
+    json_logs.use_format(settings.log_format, app.name)
     die_with_parent(settings.parent_pid)
     # Only the model services hold torch (their modules import it before this runs). The launcher gives
     # every process the same thread count, and importing torch here would cost the orchestrator ~4 s.
@@ -227,7 +229,10 @@ async def serve(app: ServiceApp, settings: ServiceSettings, extra_interceptors: 
     tracer_provider = tracing.setup(app.name, settings)
     server = grpc.aio.server(
         options=server_options(settings.max_message_bytes, Keepalive.from_settings(settings)),
-        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(app.metrics), *(extra_interceptors or [])],
+        interceptors=[
+            *tracing.server_interceptors(), MetricsInterceptor(app.metrics), CallFieldsInterceptor(),
+            *(extra_interceptors or []),
+        ],
     )
     service_names = app.register(server)
     health_servicer = health.aio.HealthServicer()

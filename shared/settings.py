@@ -43,6 +43,8 @@ class ServiceSettings(BaseSettings):
     # OTLP endpoint for traces, e.g. http://otel-collector:4317; unset = tracing off.
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
+    # "json": one JSON object per log line with trace, session and turn ids (shared/json_logs.py).
+    log_format: Literal["text", "json"] = "text"
     # Set by the local launcher (`vita up`): the service exits when that process dies.
     parent_pid: int = 0
     # HTTP/2 keepalive of every channel and server (shared/keepalive.py): clients ping idle connections

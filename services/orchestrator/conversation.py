@@ -33,7 +33,7 @@ from services.orchestrator.turn import CancelReason, TurnHandle
 from services.orchestrator.turn_input import PendingTurn, TurnInputs, TurnRejected
 from services.orchestrator.turn_runner import ConversationDeps, TurnRunner
 from services.orchestrator.voice import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, VoiceInput
-from shared import tracing
+from shared import log_fields, tracing
 from vita.assistant.v1 import assistant_pb2
 
 __all__ = ["CLOSE", "CODES", "Conversation", "ConversationDeps", "TurnRejected"]
@@ -327,9 +327,14 @@ class Conversation:
         ), previous=self._turn)
         runner = TurnRunner(self._deps, self._tenant, self.session, self.outbox, handle, pending, self._set_session)
         self._turn = handle
-        # One trace per turn (shared.tracing; no-op spans when tracing is off).
-        handle.start(tracing.turn_span(
-            runner.run(), session_id=self.session.session_id, turn_id=pending.turn_id, input_kind=pending.input_kind,
+        # One trace per turn (shared.tracing; no-op spans when tracing is off); its log lines carry the
+        # session and turn (shared.log_fields).
+        handle.start(log_fields.bound(
+            tracing.turn_span(
+                runner.run(), session_id=self.session.session_id, turn_id=pending.turn_id,
+                input_kind=pending.input_kind,
+            ),
+            session_id=self.session.session_id, turn_id=pending.turn_id,
         ))
 
     def _set_session(self, session: SessionRecord) -> None:
