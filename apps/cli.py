@@ -148,6 +148,12 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
+def cmd_capacity(args) -> int:
+    from apps.capacity.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vita", description="vita-serve: real-time VITA-1.5 serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="concurrent sessions against the API (or --inprocess): latency percentiles")
     bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from apps.capacity.command import add_arguments as capacity_arguments
+
+    capacity = sub.add_parser("capacity", help="sessions one orchestrator + Redis sustain, against fake model services")
+    capacity_arguments(capacity)
+    capacity.set_defaults(func=cmd_capacity)
 
     from apps.checkpoint.cli import add_parser as add_checkpoint_parser
 

@@ -61,8 +61,9 @@ class StreamWatch:
         self._idle_what = idle_what
         self._owed_since: float | None = None
         self._answered = False  # an answer came since the debt began
-        self._changed = asyncio.Event()
         self._failure: BackendError | None = None
+        # What a waiting read awaits (see `read`); None when no read waits.
+        self._waiter: asyncio.Future | None = None
         if owed:
             self.owe()
 
@@ -71,13 +72,14 @@ class StreamWatch:
         if self._owed_since is None:
             self._owed_since = time.monotonic()
             self._answered = False
-            self._changed.set()
+            self._wake()
 
     def restart(self) -> None:
         """The call was reopened elsewhere: what is owed is owed afresh, from now."""
         if self._owed_since is not None:
             self._owed_since = time.monotonic()
             self._answered = False
+            self._wake()
 
     def answered(self, still_owed: bool) -> None:
         if still_owed:
@@ -102,29 +104,43 @@ class StreamWatch:
     def fail(self, error: BackendError) -> None:
         """The stream failed on its write side (a write the service did not take): the reader raises it."""
         self._failure = error
-        self._changed.set()
+        self._wake()
+
+    def _wake(self, _done: object = None) -> None:
+        """The debt or the failure changed: a waiting read looks again at its limit."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def read(self, call) -> object:
         """The call's next message (or grpc.aio.EOF); the deadline error when an owed one is late, or the
-        write side's failure."""
+        write side's failure.
+
+        The read runs as its own task (cancelling a gRPC read cancels the call) and this waits on one
+        future that the read's end, the limit's timer, `owe`, `restart` and `fail` resolve. This runs for
+        every token and audio chunk: a second task plus `asyncio.wait` per message, as it was first
+        written, cost the orchestrator several percent of its CPU (docs/CAPACITY.md)."""
         read = asyncio.ensure_future(call.read())
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if self._failure is not None:
                     raise self._failure
-                left = self.time_left()
-                if left is None or left > 0:
-                    self._changed.clear()
-                    changed = asyncio.ensure_future(self._changed.wait())
-                    try:
-                        await asyncio.wait({read, changed}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        changed.cancel()
                 if read.done():
                     return read.result()
                 left = self.time_left()
                 if left is not None and left <= 0:
                     raise self.late()
+                waiter = self._waiter = loop.create_future()
+                wake = self._wake
+                read.add_done_callback(wake)
+                timer = loop.call_later(left, wake) if left is not None else None
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+                    read.remove_done_callback(wake)
+                    if timer is not None:
+                        timer.cancel()
         finally:
             if not read.done():
                 read.cancel()
