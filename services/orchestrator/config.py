@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.orchestrator.replicas import dns_name
 
 
 class OrchestratorSettings(BaseSettings):
@@ -95,3 +97,9 @@ class OrchestratorSettings(BaseSettings):
     max_camera_frames: int = 64
     # Media embeddings kept in memory to restore a cold LLM cache without re-encoding.
     embedding_cache_bytes: int = 256 * 1024 * 1024
+
+    @field_validator("llm_address", "speech_address", "audio_address", "vision_address")
+    @classmethod
+    def _address_resolvable(cls, address: str) -> str:
+        dns_name(address)  # a dns:/// address without a port fails here, at start, not at the first call
+        return address
