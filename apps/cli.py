@@ -148,8 +148,8 @@ def cmd_bench(args) -> int:
     return run(args)
 
 
-def cmd_capacity(args) -> int:
-    from apps.capacity.command import run
+def cmd_gpu_check(args) -> int:
+    from apps.bench.gpu_check import run
 
     return run(args)
 
@@ -214,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from apps.capacity.command import add_arguments as capacity_arguments
+    from apps.bench.gpu_check import add_arguments as gpu_check_arguments
 
-    capacity = sub.add_parser("capacity", help="sessions one orchestrator + Redis sustain, against fake model services")
-    capacity_arguments(capacity)
-    capacity.set_defaults(func=cmd_capacity)
+    gpu_check = sub.add_parser("gpu-check", help="full preset on CUDA: TTFT, TTFA, RTF, LLM tok/s at 1, 8, 32 sessions")
+    gpu_check_arguments(gpu_check)
+    gpu_check.set_defaults(func=cmd_gpu_check)
 
     from apps.checkpoint.cli import add_parser as add_checkpoint_parser
 
