@@ -154,6 +154,12 @@ def cmd_gpu_check(args) -> int:
     return run(args)
 
 
+def cmd_capacity(args) -> int:
+    from apps.capacity.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vita", description="vita-serve: real-time VITA-1.5 serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_check = sub.add_parser("gpu-check", help="full preset on CUDA: TTFT, TTFA, RTF, LLM tok/s at 1, 8, 32 sessions")
     gpu_check_arguments(gpu_check)
     gpu_check.set_defaults(func=cmd_gpu_check)
+
+    from apps.capacity.command import add_arguments as capacity_arguments
+
+    capacity = sub.add_parser("capacity", help="sessions one orchestrator + Redis sustain, against fake model services")
+    capacity_arguments(capacity)
+    capacity.set_defaults(func=cmd_capacity)
 
     from apps.checkpoint.cli import add_parser as add_checkpoint_parser
 
