@@ -1,0 +1,189 @@
+"""The browser page (apps/gateway/static) in real headless Chromium, against a real stack and gateway.
+
+Chromium's fake devices stand in for the user: the microphone plays an espeak-ng wav (looped) and the camera
+is Chromium's test pattern. The page must connect, stream the speech until the server's VAD makes it a
+turn, play the reply's audio (the page counts the samples Web Audio really played) and show the
+transcript; over plain HTTP on loopback and over HTTPS with a self-signed certificate, where the page
+must pick wss:// itself. Each run saves a screenshot and prints its path.
+
+Playwright only drives the browser: it launches the system's Chromium (Debian package `chromium`, which
+scripts/test.sh installs) and never downloads one of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+CHROMIUM = "/usr/bin/chromium"
+PHRASE = "Hello, what do you see?"
+# Silence before the phrase: the page connects and configures the session before speech begins.
+LEAD_SILENCE_S = 1.5
+# Silence after it, before Chromium loops the file: room for the reply to play before the user speaks again.
+TAIL_SILENCE_S = 12.0
+# Generous bounds for a loaded 2-core machine; a healthy run takes a few seconds per step.
+CONNECT_TIMEOUT_MS = 20_000
+TURN_TIMEOUT_MS = 40_000
+# The reply audio the page must have played, in samples at 24 kHz.
+PLAYED_SAMPLES = 24_000 // 4
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    # Without these Chromium reaches for Google's services at start and, on a closed network, stalls.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # Grant camera and microphone without a prompt, and use fake devices.
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    # The test's HTTPS gateway has a self-signed certificate.
+    "--ignore-certificate-errors",
+]
+
+
+def _require(ok: bool, reason: str) -> None:
+    """CI installs every tool this test needs, so there a missing one is a failure, elsewhere a skip."""
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    _require(shutil.which("espeak-ng") is not None, "espeak-ng is missing (apt-get install espeak-ng)")
+    _require(shutil.which("openssl") is not None, "the openssl CLI (for the HTTPS certificate) is missing")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "the playwright package is missing (pip install -e '.[dev]')")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def microphone_wav(tmp_path_factory, playwright_api) -> Path:
+    """The phrase between silences, as 16-bit PCM at espeak-ng's own rate (the page resamples)."""
+    wav = subprocess.run(["espeak-ng", "--stdout", "-s", "160", PHRASE], capture_output=True, check=True).stdout
+    speech, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    lead = np.zeros(int(LEAD_SILENCE_S * rate), dtype=np.int16)
+    tail = np.zeros(int(TAIL_SILENCE_S * rate), dtype=np.int16)
+    path = tmp_path_factory.mktemp("browser") / "microphone.wav"
+    soundfile.write(path, np.concatenate([lead, speech, tail]), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory, playwright_api) -> tuple[Path, Path]:
+    """A self-signed certificate for loopback, as someone trying the page behind HTTPS would make one."""
+    root = tmp_path_factory.mktemp("https")
+    cert, key = root / "gateway.crt", root / "gateway.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def gateways(stack, certificate):
+    """One gateway on plain HTTP and one on HTTPS, both in front of the test stack. Started from this
+    thread: a child dies with the thread that started it (shared.grpc_server.die_with_parent)."""
+    cert, key = certificate
+    started = {"http": stack.spawn_gateway()}
+    try:
+        started["https"] = stack.spawn_gateway(
+            extra_env={"VITA_GATEWAY_HTTPS_CERT": str(cert), "VITA_GATEWAY_HTTPS_KEY": str(key)})
+        yield started
+    finally:
+        for gateway in started.values():
+            gateway.stop(10)
+
+
+PAGE_STATE = """() => {
+  const page = window.vitaPage;
+  return {stats: page.stats, played: page.playedSamples, queued: page.queuedSamples, frames: page.framesSent,
+          busy: page.busy, flushes: page.flushes, contextRate: page.contextRate, transcript: page.transcript};
+}"""
+# Clicks Stop reply and reads the player in the same task, so no delta can slip in between.
+STOP_REPLY = """() => {
+  document.getElementById("stop").click();
+  return {queued: window.vitaPage.queuedSamples, busy: window.vitaPage.busy};
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_page_talks_through_the_gateway(scheme, gateways, microphone_wav, playwright_api, tmp_path):
+    port = gateways[scheme].address.rsplit(":", 1)[1]
+    # `localhost` over HTTPS (the certificate names it); over HTTP, loopback is a secure context as is.
+    url = f"{scheme}://localhost:{port}/" if scheme == "https" else f"http://127.0.0.1:{port}/"
+    flags = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={microphone_wav}"]
+    problems: list[str] = []
+    with playwright_api() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=flags,
+            viewport={"width": 1200, "height": 720},
+        )
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.goto(url)
+            page.click("#connect")  # a user gesture: the page may start audio
+            page.wait_for_function("() => window.vitaPage.stats.configured", timeout=CONNECT_TIMEOUT_MS)
+            # The fake microphone's phrase: server VAD hears it start and end, and answers it.
+            page.wait_for_function(
+                f"() => window.vitaPage.stats.events['input_audio_buffer.speech_stopped'] >= 1"
+                f" && window.vitaPage.playedSamples >= {PLAYED_SAMPLES}"
+                f" && document.querySelector('#transcript .assistant .text').textContent.length > 0",
+                timeout=TURN_TIMEOUT_MS,
+            )
+            state = page.evaluate(PAGE_STATE)
+            shot = tmp_path / f"page-{scheme}.png"
+            page.screenshot(path=str(shot))
+            print(f"\nscreenshot of the page over {scheme}: {shot}")
+            # Stop reply while it plays: playback stops at once and no late delta of it plays afterwards.
+            page.wait_for_function("() => window.vitaPage.busy", timeout=TURN_TIMEOUT_MS)
+            at_stop = page.evaluate(STOP_REPLY)
+            page.wait_for_function("() => window.vitaPage.stats.responsesDone >= 1", timeout=TURN_TIMEOUT_MS)
+            after_stop = page.evaluate(PAGE_STATE)
+            page.click("#connect")  # Disconnect: the page closes its WebSocket
+            page.wait_for_function("() => window.vitaPage.stats.state === 'closed'", timeout=CONNECT_TIMEOUT_MS)
+            closed = page.evaluate("() => window.vitaPage.stats.errors")
+            print(f"page state: played {state['played']} samples, {state['frames']} camera frames, "
+                  f"AudioContext at {state['contextRate']} Hz; first of each event, ms after Connect: "
+                  f"{state['stats']['firstAt']}")
+        finally:
+            context.close()
+
+    stats = state["stats"]
+    assert not problems, problems
+    assert stats["errors"] == [], stats["errors"]
+    assert closed == [], closed  # a clean close, code 1000
+    assert stats["url"].startswith("wss://" if scheme == "https" else "ws://"), stats["url"]
+    events = stats["events"]
+    assert events.get("session.created") == 1 and events.get("session.updated", 0) >= 1
+    assert events.get("input_audio_buffer.speech_started", 0) >= 1
+    assert events.get("input_audio_buffer.committed", 0) >= 1  # the speech became a turn
+    assert events.get("response.created", 0) >= 1
+    assert stats["receivedAudioSamples"] >= state["played"] >= PLAYED_SAMPLES
+    assert stats["micSamplesSent"] > 0 and stats["micChunksSent"] > 0
+    assert state["frames"] >= 1  # the camera sent frames while the session was open
+    assert not at_stop["busy"] and not after_stop["busy"]
+    assert after_stop["flushes"] >= 1
+    assert after_stop["queued"] == at_stop["queued"], "audio of the stopped reply was queued after Stop"
+    assert after_stop["stats"]["lastResponseStatus"] == "cancelled"
+    assert after_stop["stats"]["errors"] == [], after_stop["stats"]["errors"]
+    print(f"after Stop: events {after_stop['stats']['events']}")
+    lines = state["transcript"]
+    assert "You" in lines and "Assistant" in lines, lines
