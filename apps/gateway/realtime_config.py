@@ -30,7 +30,13 @@ class RealtimeConfig:
         """The settings the orchestrator holds per session (the rest is per turn, or the gateway's)."""
         vad = sdk.VoiceActivity(enabled=self.vad, start_threshold=self.vad_threshold,
                                 pre_roll_ms=self.prefix_padding_ms, min_silence_ms=self.silence_duration_ms)
-        return sdk.SessionConfig(speech_output=self.speech_output, temperature=self.temperature, vad=vad)
+        return sdk.SessionConfig(speech_output=self.speech_output, temperature=self.temperature, vad=vad,
+                                 max_reply_tokens=self.max_output_tokens)
+
+    def fixed_settings(self) -> sdk.SessionConfig:
+        """What only a new session can change. The reply length is also sent with each typed turn, so a
+        later change of max_output_tokens still applies to typed turns (spoken ones keep the session's)."""
+        return replace(self.session_config(), max_reply_tokens=None)
 
     def turn_detection(self) -> dict | None:
         if not self.vad:

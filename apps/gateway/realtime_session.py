@@ -150,13 +150,14 @@ class RealtimeSession:
             if rp.looks_beta(event.session):
                 self.dialect = rp.BETA
         new = apply_update(self.config, event.session)
-        if new.session_config() != self.config.session_config():
-            if self._turns or not self._owns_session:
-                raise GatewayError(
-                    "output modalities, turn detection and temperature can only change before the first "
-                    "response of a connection", code="session_update_after_start", param="session",
-                    event_id=event.event_id)
+        started = self._turns or not self._owns_session
+        if new.fixed_settings() != self.config.fixed_settings() and started:
+            raise GatewayError(
+                "output modalities, turn detection and temperature can only change before the first response "
+                "of a connection", code="session_update_after_start", param="session", event_id=event.event_id)
+        if new.session_config() != self.config.session_config() and not started:
             await self._restart_session(new)
+        # Started, and only the reply length changed: typed turns carry it from now on.
         self.config = new
         await self._emit("session.updated", session=self._session_object())
 
