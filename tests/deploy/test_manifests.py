@@ -156,6 +156,12 @@ def test_prometheus_scrapes_every_compose_service():
             scraped.update({name: job["job_name"] for name in sd["names"]})
     assert set(scraped) == {*MODEL_SERVICES, "orchestrator"}
     assert set(load_yaml(ROOT / "docker-compose.yml")["services"]) >= set(scraped)
+    # The alerting rules are loaded from where Compose mounts them.
+    mounts = {
+        volume.split(":")[1]: volume.split(":")[0]
+        for volume in load_yaml(ROOT / "docker-compose.yml")["services"]["prometheus"]["volumes"]
+    }
+    assert [mounts[path] for path in config["rule_files"]] == ["./deploy/prometheus/alerts.yml"]
 
 
 def test_grafana_provisioning_points_at_the_dashboard():
