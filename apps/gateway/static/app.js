@@ -43,6 +43,10 @@ const stats = {
   receivedAudioSamples: 0,
   responsesDone: 0,
   lastResponseStatus: "",
+  // Finished replies, newest last: {id, status, reason, queued (reply samples queued so far, all replies)}.
+  responses: [],
+  // Playback stopped early, newest last: {why, responseId, heardMs, busyAfter, queued}.
+  cuts: [],
 };
 
 let socket = null;
@@ -201,7 +205,7 @@ function onEvent(event) {
       break;
     case "input_audio_buffer.speech_started":
       // Barge-in: the user talks over the reply, so what is still queued must not play.
-      cutPlayback();
+      cutPlayback("barge-in");
       transcript.speechStarted();
       break;
     case "input_audio_buffer.speech_stopped":
@@ -227,18 +231,22 @@ function onEvent(event) {
     case "response.done": {
       const response = event.response || {};
       stats.responsesDone += 1;
-      if (response.status === "cancelled") cutPlayback();
+      // Cancelled by the server (the session's other cancels were cut here already): stop its audio too.
+      if (response.status === "cancelled" && !silenced.has(response.id)) cutPlayback("cancelled");
       transcript.replyDone(response.id, response.status);
       if (activeResponse === response.id) activeResponse = null;
       silenced.delete(response.id); // nothing of it comes after its response.done
       stats.lastResponseStatus = response.status || "";
+      const details = response.status_details || {};
+      const queued = player.queuedSamples;
+      remember(stats.responses, { id: response.id, status: response.status, reason: details.reason || "", queued });
       break;
     }
     case "error": {
       const error = event.error || {};
       // A refused session.update leaves the server's defaults, which also take PCM16 at 24 kHz.
       if (error.event_id === SESSION_UPDATE_ID) stats.configured = true;
-      stats.errors.push({ code: error.code || error.type || "error", message: error.message || "" });
+      remember(stats.errors, { code: error.code || error.type || "error", message: error.message || "" });
       transcript.add("notice", `error: ${error.message || error.code || "unknown"}`);
       break;
     }
@@ -247,18 +255,30 @@ function onEvent(event) {
 
 /** Stops the reply's audio now and tells the server how much of it was heard: that is what the
  * conversation's history keeps. */
-function cutPlayback() {
-  if (activeResponse) silenced.add(activeResponse);
+function cutPlayback(why) {
+  const responseId = activeResponse;
+  if (responseId) silenced.add(responseId);
   if (!player) return;
-  for (const { itemId, heardMs } of player.flush()) {
+  const cut = player.flush();
+  for (const { itemId, heardMs } of cut) {
     if (itemId && socket) {
       socket.send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: heardMs });
     }
   }
+  if (responseId || cut.length > 0) {
+    const heardMs = cut.length > 0 ? cut[0].heardMs : 0;
+    remember(stats.cuts, { why, responseId, heardMs, busyAfter: player.busy, queued: player.queuedSamples });
+  }
+}
+
+/** Appends to a list of recent things, keeping it short in a long session. */
+function remember(list, entry) {
+  list.push(entry);
+  if (list.length > 20) list.shift();
 }
 
 function stopReply() {
-  cutPlayback();
+  cutPlayback("stop");
   if (activeResponse && socket) socket.send({ type: "response.cancel" });
 }
 
