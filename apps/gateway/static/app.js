@@ -54,6 +54,7 @@ let context = null;
 let player = null;
 let micStream = null;
 let micNode = null;
+let micSource = null;
 let camera = null;
 let activeResponse = null; // id of the reply being generated, if any
 // Replies cut off by barge-in or Stop: their audio deltas still on the wire must not play.
@@ -83,7 +84,8 @@ async function openMicrophone() {
     processorOptions: { chunkMs: MIC_CHUNK_MS },
   });
   micNode.port.onmessage = ({ data }) => sendMicChunk(data);
-  context.createMediaStreamSource(micStream).connect(micNode);
+  micSource = context.createMediaStreamSource(micStream);
+  micSource.connect(micNode);
 }
 
 function sendMicChunk(pcm) {
@@ -169,10 +171,26 @@ function onOpen() {
   if (camera && ui.camera.checked) camera.start();
 }
 
+/** Lets go of the microphone and camera, so the browser stops showing them in use. */
+function releaseDevices() {
+  if (camera) camera.release();
+  camera = null;
+  if (micSource) micSource.disconnect();
+  if (micNode) {
+    micNode.port.onmessage = null;
+    micNode.port.postMessage("stop");
+  }
+  if (micStream) micStream.getTracks().forEach((track) => track.stop());
+  micStream = null;
+  micSource = null;
+  micNode = null;
+  ui.level.style.width = "0";
+}
+
 function onClose(event) {
   const wasOpen = stats.state === "open";
   setState("closed");
-  if (camera) camera.stop();
+  releaseDevices();
   socket = null; // nothing more can be sent on it
   if (player) player.flush();
   activeResponse = null;
@@ -187,6 +205,7 @@ function onClose(event) {
 }
 
 function fail(message) {
+  releaseDevices();
   stats.errors.push({ code: "page", message });
   setStatus(message, "error");
   setState("closed");

@@ -31,6 +31,14 @@ export class Camera {
     this.timer = null;
   }
 
+  /** Stops sending and turns the camera off. */
+  release() {
+    this.stop();
+    const stream = this.video.srcObject;
+    if (stream) stream.getTracks().forEach((track) => track.stop());
+    this.video.srcObject = null;
+  }
+
   capture() {
     const { videoWidth, videoHeight } = this.video;
     if (this.encoding || !videoWidth || !videoHeight || this.shouldSkip()) return;

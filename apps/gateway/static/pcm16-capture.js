@@ -24,9 +24,15 @@ class Pcm16Capture extends AudioWorkletProcessor {
     this.chunk = new Int16Array(this.chunkLength);
     this.filled = 0;
     this.filtered = new Float32Array(128);
+    // "stop" from the page ends the processor (returning false lets the browser collect it).
+    this.stopped = false;
+    this.port.onmessage = ({ data }) => {
+      if (data === "stop") this.stopped = true;
+    };
   }
 
   process(inputs) {
+    if (this.stopped) return false;
     const channels = inputs[0];
     if (!channels || channels.length === 0) return true; // no source connected yet
     const frames = channels[0].length;
