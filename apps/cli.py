@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SERVICES = ("llm", "speech", "audio", "vision", "orchestrator")
+SERVICES = ("llm", "speech", "audio", "vision", "orchestrator", "gateway")
 
 
 def cmd_serve(args) -> int:
@@ -22,6 +22,13 @@ def cmd_serve(args) -> int:
         overrides["preset"] = args.preset
     if args.checkpoint is not None:
         overrides["checkpoint"] = args.checkpoint
+    if args.service == "gateway":
+        for model_option in ("preset", "checkpoint"):  # the gateway holds no model
+            overrides.pop(model_option, None)
+        if args.orchestrator:
+            overrides["orchestrator"] = args.orchestrator
+        importlib.import_module("apps.gateway.__main__").main(**overrides)
+        return 0
     importlib.import_module(f"services.{args.service}.__main__").main(**overrides)
     return 0
 
@@ -37,6 +44,9 @@ def _stack_config(args, log_dir: Path | None, data_dir: Path | None = None):
         log_dir=log_dir,
         data_dir=data_dir,
     )
+    if hasattr(args, "gateway_port"):  # `vita up`
+        port = args.gateway_port if args.gateway_port is not None else 0 if args.port == 0 else 8080
+        config.gateway, config.gateway_port = port >= 0, max(port, 0)
     if getattr(args, "services", None):
         config.services = args.services
     return config
@@ -101,6 +111,9 @@ def cmd_up(args) -> int:
             print(f"  {name:<13} {service.address}  metrics :{service.metrics_port}")
         print(sessions_line(stack, data_dir))
         print(f"Assistant API on {stack.address}  (metrics :{stack.orchestrator.metrics_port})", flush=True)
+        if stack.gateway is not None:
+            print(f"OpenAI-compatible API on http://{stack.gateway.address}/v1  (Realtime: "
+                  f"ws://{stack.gateway.address}/v1/realtime; page: http://{stack.gateway.address}/)", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         stop.wait()
         print("stopping: draining running turns, then the model services, then Redis...", flush=True)
@@ -181,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--services", type=_model_services, default=None,
                     help="the model services to run, comma-separated (default: llm,speech,audio,vision; "
                          "without audio or vision the API refuses spoken input or images)")
+    up.add_argument("--gateway-port", type=int, default=None,
+                    help="port of the OpenAI-compatible gateway (default 8080, any free port with --port 0; "
+                         "0 = any free port, -1 = no gateway)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one service (what a container runs)")
@@ -188,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--preset", default=None, choices=("tiny", "full"))
     serve.add_argument("--checkpoint", type=Path, default=None)
+    serve.add_argument("--orchestrator", default=None,
+                       help="gateway only: the orchestrator's address (default: VITA_GATEWAY_ORCHESTRATOR)")
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="send one turn to a running stack")

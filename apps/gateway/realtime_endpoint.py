@@ -48,7 +48,10 @@ async def realtime(websocket: WebSocket) -> None:
 
         async def send(event: dict) -> None:
             async with lock:
-                await websocket.send_text(json.dumps(event, separators=(",", ":")))
+                try:
+                    await websocket.send_text(json.dumps(event, separators=(",", ":")))
+                except WebSocketDisconnect:
+                    raise ConnectionError("the client closed the WebSocket") from None
 
         session = RealtimeSession(client, send, dialect, decided, state.settings, state.metrics, resume)
         try:
@@ -71,7 +74,7 @@ async def realtime(websocket: WebSocket) -> None:
             if websocket.application_state != WebSocketState.DISCONNECTED:
                 try:
                     await websocket.close()
-                except (RuntimeError, ConnectionError):
+                except (RuntimeError, ConnectionError, WebSocketDisconnect):
                     pass  # the client is gone already
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def test_vita_up_then_chat_then_sigterm_leaves_no_process(tmp_path):
             if line.startswith("Assistant API on "):
                 address = line.split()[3]
         assert address, "vita up did not print the public address"
+        gateway = up.stdout.readline()
+        assert gateway.startswith("OpenAI-compatible API on http://"), gateway
+        with urllib.request.urlopen(gateway.split()[3].removesuffix("/v1") + "/healthz", timeout=30) as health:
+            assert health.status == 200
         assert any("RANDOM weights" in line for line in lines)
         processes = descendants(up.pid)
         assert len(processes) >= 3  # redis, the model services, the orchestrator
