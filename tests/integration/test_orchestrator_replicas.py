@@ -8,7 +8,7 @@ import asyncio
 
 from tests.client import Client, scrape
 
-SESSIONS = 4
+SESSIONS = 3
 # "<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n" and then some.
 NEW_MESSAGE_TOKENS = 20
 
@@ -42,9 +42,14 @@ async def test_turns_through_two_orchestrators_reach_the_same_warm_llm_replica(s
         await asyncio.to_thread(second_llm.wait_ready, stack.config.start_timeout_s)
         llms = (first_llm, second_llm)
         # Each orchestrator lists the replicas in its own order: the choice must not depend on it.
-        for listed in (llms, llms[::-1]):
-            env = {"VITA_ORCH_LLM_ADDRESS": ",".join(llm.address for llm in listed)}
-            orchestrators.append(await asyncio.to_thread(stack.spawn_orchestrator, env))
+        spawned = await asyncio.gather(*(
+            asyncio.to_thread(stack.spawn_orchestrator, {"VITA_ORCH_LLM_ADDRESS": ",".join(llm.address for llm in listed)})
+            for listed in (llms, llms[::-1])
+        ), return_exceptions=True)
+        orchestrators = [process for process in spawned if not isinstance(process, BaseException)]
+        for failure in spawned:
+            if isinstance(failure, BaseException):
+                raise failure
         a, b = orchestrators
         cached_before = sum(prompt_tokens(llm.metrics_port, "cache") for llm in llms)
         cached_total = 0
