@@ -69,8 +69,9 @@ def test_compose_wiring():
     compose = load_yaml(ROOT / "docker-compose.yml")
     services = compose["services"]
     vita = {name for name, svc in services.items() if svc.get("command", [None])[0] == "serve"}
-    assert vita == {*MODEL_SERVICES, "orchestrator"}
-    for name in vita:
+    assert vita == {*MODEL_SERVICES, "orchestrator", "gateway"}
+    check_compose_gateway(services)
+    for name in vita - {"gateway"}:
         svc = services[name]
         assert svc["command"] == ["serve", name] and service_has_entrypoint(name)
         env = svc["environment"]
@@ -102,6 +103,16 @@ def test_compose_wiring():
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
+def check_compose_gateway(services: dict) -> None:
+    """The HTTP gateway: its own port, an HTTP health check, and the orchestrator healthy before it."""
+    gateway = services["gateway"]
+    assert gateway["command"] == ["serve", "gateway"] and (ROOT / "apps" / "gateway" / "__main__.py").is_file()
+    assert gateway["environment"]["VITA_PORT"] == "8080"
+    assert gateway["environment"]["VITA_GATEWAY_ORCHESTRATOR"] == f"orchestrator:{GRPC_PORT}"
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["depends_on"] == {"orchestrator": {"condition": "service_healthy"}}
+
+
 def interpolate_default(value: str) -> str:
     """A Compose value with its ${VAR:-default} references replaced by their defaults."""
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
@@ -128,7 +139,7 @@ def test_compose_gpu_override_gives_each_model_service_its_own_gpu():
 def test_compose_publishes_on_loopback_and_has_no_default_password():
     services = load_yaml(ROOT / "docker-compose.yml")["services"]
     published = {name: svc["ports"] for name, svc in services.items() if "ports" in svc}
-    assert set(published) == {"orchestrator", "prometheus", "grafana"}
+    assert set(published) == {"orchestrator", "gateway", "prometheus", "grafana"}
     for name, ports in published.items():
         for port in ports:
             host_ip = interpolate_default(port).split(":")[0]
@@ -293,7 +304,9 @@ def test_services_probes_scaling_and_budgets(rendered):
     overlay, docs = rendered
     deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
     hpas, pdbs = by_kind(docs, "HorizontalPodAutoscaler"), by_kind(docs, "PodDisruptionBudget")
-    assert set(deployments) == {f"vita-{name}" for name in [*MODEL_SERVICES, "orchestrator"]}
+    assert set(deployments) == {f"vita-{name}" for name in [*MODEL_SERVICES, "orchestrator", "gateway"]}
+    check_k8s_gateway(deployments.pop("vita-gateway"), services["vita-gateway"], hpas["vita-gateway"],
+                      pdbs.get("vita-gateway"))
     for name, deployment in deployments.items():
         service_name = name.removeprefix("vita-")
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -315,6 +328,22 @@ def test_services_probes_scaling_and_budgets(rendered):
         assert (target["kind"], target["name"]) == ("Deployment", name)
         assert hpas[name]["spec"]["maxReplicas"] >= 2
         check_disruption_budget(name, deployment, hpas[name], pdbs.get(name))
+
+
+def check_k8s_gateway(deployment: dict, service: dict, hpa: dict, pdb: dict | None) -> None:
+    """The HTTP gateway: HTTP health probes and port, /metrics behind the port the ServiceMonitor scrapes,
+    the orchestrator's Service as its target."""
+    container = _container(deployment)
+    assert container["args"] == ["serve", "gateway"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    env = {var["name"]: var.get("value") for var in container["env"]}
+    assert env["VITA_PORT"] == "8080" and env["VITA_GATEWAY_ORCHESTRATOR"] == f"vita-orchestrator:{GRPC_PORT}"
+    ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert ports == {"http": "http", "metrics": "http"}
+    assert service["metadata"]["labels"]["vita-serve/metrics"] == "true"
+    check_disruption_budget("vita-gateway", deployment, hpa, pdb)
 
 
 def check_disruption_budget(name: str, deployment: dict, hpa: dict, pdb: dict | None) -> None:
@@ -410,7 +439,7 @@ def test_the_checkpoint_volume_binds_and_only_model_pods_mount_it(rendered):
         spec = deployment["spec"]["template"]["spec"]
         claimed = {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
         env = {var["name"]: var.get("value") for var in _container(deployment).get("env", [])}
-        if name == "vita-orchestrator":
+        if name in ("vita-orchestrator", "vita-gateway"):
             # Pending on an unbindable claim must not take the public API down with it.
             assert not claimed and "VITA_CHECKPOINT" not in env, name
         else:
@@ -425,7 +454,7 @@ def test_gpus_are_requested_only_where_a_model_runs(rendered):
     overlay, docs = rendered
     for name, deployment in by_kind(docs, "Deployment").items():
         resources = _container(deployment)["resources"]
-        wants_gpu = overlay.startswith("gpu") and name != "vita-orchestrator"
+        wants_gpu = overlay.startswith("gpu") and name not in ("vita-orchestrator", "vita-gateway")
         for section in ("requests", "limits"):
             assert (resources.get(section, {}).get("nvidia.com/gpu") == 1) == wants_gpu, (name, section)
         assert "memory" in resources["requests"] and "memory" in resources["limits"]
@@ -457,7 +486,7 @@ def test_servicemonitor_scrapes_every_service(rendered):
         name for name, service in by_kind(docs, "Service").items()
         if selector.items() <= service["metadata"].get("labels", {}).items()
     }
-    assert selected == {f"vita-{name}" for name in [*MODEL_SERVICES, "orchestrator"]}
+    assert selected == {f"vita-{name}" for name in [*MODEL_SERVICES, "orchestrator", "gateway"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} == {"metrics"}
     # kube-prometheus-stack selects ServiceMonitors and PrometheusRules by its Helm release name.
     (rule,) = by_kind(docs, "PrometheusRule").values()
