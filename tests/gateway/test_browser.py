@@ -63,8 +63,6 @@ def _require(ok: bool, reason: str) -> None:
 @pytest.fixture(scope="module")
 def playwright_api():
     _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
-    _require(shutil.which("espeak-ng") is not None, "espeak-ng is missing (apt-get install espeak-ng)")
-    _require(shutil.which("openssl") is not None, "the openssl CLI (for the HTTPS certificate) is missing")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -75,6 +73,7 @@ def playwright_api():
 @pytest.fixture(scope="module")
 def microphone_wav(tmp_path_factory, playwright_api) -> Path:
     """The phrase between silences, as 16-bit PCM at espeak-ng's own rate (the page resamples)."""
+    _require(shutil.which("espeak-ng") is not None, "espeak-ng is missing (apt-get install espeak-ng)")
     wav = subprocess.run(["espeak-ng", "--stdout", "-s", "160", PHRASE], capture_output=True, check=True).stdout
     speech, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
     lead = np.zeros(int(LEAD_SILENCE_S * rate), dtype=np.int16)
@@ -87,6 +86,7 @@ def microphone_wav(tmp_path_factory, playwright_api) -> Path:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory, playwright_api) -> tuple[Path, Path]:
     """A self-signed certificate for loopback, as someone trying the page behind HTTPS would make one."""
+    _require(shutil.which("openssl") is not None, "the openssl CLI (for the HTTPS certificate) is missing")
     root = tmp_path_factory.mktemp("https")
     cert, key = root / "gateway.crt", root / "gateway.key"
     subprocess.run(
@@ -96,6 +96,57 @@ def certificate(tmp_path_factory, playwright_api) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+# Runs the page's capture worklet in an OfflineAudioContext at `rate` on a tone of `toneHz` (amplitude 0.5)
+# for `seconds`, and returns the PCM16 samples it posted.
+CAPTURE_TONE = """async ([source, rate, toneHz, seconds]) => {
+  const context = new OfflineAudioContext(1, Math.round(rate * seconds), rate);
+  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([source], {type: "text/javascript"})));
+  const node = new AudioWorkletNode(context, "pcm16-capture", {numberOfOutputs: 0, processorOptions: {chunkMs: 40}});
+  const chunks = [];
+  node.port.onmessage = ({data}) => chunks.push(Array.from(data));
+  const tone = new OscillatorNode(context, {frequency: toneHz});
+  tone.connect(new GainNode(context, {gain: 0.5})).connect(node);
+  tone.start();
+  await context.startRendering();
+  await new Promise((resolve) => setTimeout(resolve, 300));  // the last chunks are still being posted
+  return chunks.flat();
+}"""
+CAPTURE_SOURCE = Path(__file__).resolve().parents[2] / "apps" / "gateway" / "static" / "pcm16-capture.js"
+
+
+def test_capture_worklet_resamples_to_24khz(playwright_api):
+    """The microphone path alone: at the rates browsers run audio at, a tone in the speech band comes out
+    at 24 kHz at its frequency and level, and a tone above 12 kHz is filtered out instead of folding into
+    the speech band."""
+    source = CAPTURE_SOURCE.read_text()
+    seconds, tone_rms = 0.5, 0.5 / np.sqrt(2)
+    with playwright_api() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS[:6])
+        try:
+            page = browser.new_page()
+            # A page on localhost, a secure context (AudioWorklet needs one), answered without a server.
+            page.route("http://localhost/", lambda route: route.fulfill(body="<!doctype html>", content_type="text/html"))
+            page.goto("http://localhost/")
+            for rate, tone_hz in ((48000, 1000), (44100, 1000), (16000, 1000), (48000, 18000), (44100, 18000)):
+                samples = np.array(page.evaluate(CAPTURE_TONE, [source, rate, tone_hz, seconds])) / 32768.0
+                case = f"{tone_hz} Hz at {rate} Hz"
+                # Whole 40 ms chunks: the last, partial one stays in the worklet.
+                assert abs(len(samples) - 24000 * seconds) <= 960, (case, len(samples))
+                steady = samples[600:]  # past the filter's start
+                level_db = 20 * np.log10(np.sqrt(np.mean(steady**2)) / tone_rms + 1e-12)
+                if tone_hz > 12000:
+                    assert level_db < -60, f"{case}: folded into the speech band at {level_db:.1f} dB"
+                    continue
+                spectrum = np.abs(np.fft.rfft(steady * np.hanning(len(steady))))
+                peak = int(np.argmax(spectrum))
+                assert abs(peak * 24000 / len(steady) - tone_hz) < 2, case
+                assert abs(level_db) < 0.5, f"{case}: level {level_db:.2f} dB"
+                others = np.concatenate([spectrum[: peak - 20], spectrum[peak + 20 :]])
+                assert 20 * np.log10(others.max() / spectrum[peak]) < -40, f"{case}: distorted"
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")

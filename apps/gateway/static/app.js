@@ -119,36 +119,51 @@ async function openCamera() {
   await camera.attach(stream);
 }
 
-async function connect() {
+function connect() {
   connectedAt = performance.now();
   setState("connecting");
   setStatus("Connecting…");
   stats.errors = [];
   // Created on the click: browsers only let a page start audio from a user gesture.
   context = context || new AudioContext();
-  await context.resume();
+  context.resume();
   player = player || new Player(context);
+  stats.url = realtimeUrl(window.location);
+  const apiKey = ui.apiKey.value.trim();
   try {
-    if (!micStream) await openMicrophone();
+    socket = new RealtimeSocket(stats.url, { apiKey, onOpen, onClose, onEvent });
   } catch (error) {
-    fail(`microphone unavailable: ${error.message}`);
+    // The browser refuses to even try; its message would show the key itself.
+    fail(apiKey ? "cannot connect: the API key has characters a WebSocket cannot carry" : `cannot connect: ${error.message}`);
+  }
+}
+
+/** Microphone and camera, asked for once the session is ready to take what they capture. Without a
+ * microphone the session stays open for typed messages; without a camera it is audio only. */
+async function openDevices() {
+  try {
+    await openMicrophone();
+  } catch (error) {
+    ui.mic.checked = false;
+    transcript.add("notice", `no microphone (${error.message}); type instead`);
+  }
+  try {
+    await openCamera();
+  } catch (error) {
+    ui.camera.checked = false;
+    transcript.add("notice", `no camera (${error.message}); audio only`);
+  }
+  if (!socket) {
+    releaseDevices(); // the connection closed while the browser was asking
     return;
   }
-  if (!camera) {
-    try {
-      await openCamera();
-    } catch (error) {
-      ui.camera.checked = false;
-      transcript.add("notice", `no camera (${error.message}); audio only`);
-    }
-  }
-  stats.url = realtimeUrl(window.location);
-  socket = new RealtimeSocket(stats.url, {
-    apiKey: ui.apiKey.value.trim(),
-    onOpen,
-    onClose,
-    onEvent,
-  });
+  if (camera && ui.camera.checked) camera.start();
+}
+
+function sessionReady() {
+  if (stats.configured) return;
+  stats.configured = true;
+  openDevices();
 }
 
 function onOpen() {
@@ -168,7 +183,6 @@ function onOpen() {
       },
     },
   });
-  if (camera && ui.camera.checked) camera.start();
 }
 
 /** Lets go of the microphone and camera, so the browser stops showing them in use. */
@@ -220,7 +234,7 @@ function onEvent(event) {
       break;
     case "session.updated":
       stats.sessionId = (event.session && event.session.id) || stats.sessionId;
-      stats.configured = true;
+      sessionReady();
       break;
     case "input_audio_buffer.speech_started":
       // Barge-in: the user talks over the reply, so what is still queued must not play.
@@ -264,7 +278,7 @@ function onEvent(event) {
     case "error": {
       const error = event.error || {};
       // A refused session.update leaves the server's defaults, which also take PCM16 at 24 kHz.
-      if (error.event_id === SESSION_UPDATE_ID) stats.configured = true;
+      if (error.event_id === SESSION_UPDATE_ID) sessionReady();
       remember(stats.errors, { code: error.code || error.type || "error", message: error.message || "" });
       transcript.add("notice", `error: ${error.message || error.code || "unknown"}`);
       break;
@@ -312,12 +326,8 @@ function sendText(text) {
 }
 
 ui.connect.addEventListener("click", () => {
-  if (stats.state === "connecting" && !socket) return; // still asking for the microphone
-  if (socket) {
-    socket.close();
-  } else {
-    connect().catch((error) => fail(error.message));
-  }
+  if (socket) socket.close();
+  else connect();
 });
 ui.camera.addEventListener("change", () => {
   if (!camera) return;
