@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fake", action="append", default=[], metavar="NAME=VALUE",
                         help="a per-stage cost of the fakes, e.g. llm_decode_tokens_per_s=60 "
                              "(apps/fakes/config.py; repeatable)")
+    parser.add_argument("--priority", type=int, default=None, metavar="NICE",
+                        help="on a shared machine, run the measured processes at this nice value (e.g. -10; "
+                             "root, Linux); the others' load still counts, and is recorded with each point")
     parser.add_argument("--json", type=Path, default=None, help="write every point here")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the measured curve (needs several points)")
     parser.add_argument("--log-dir", default=None, help="logs of the fakes and the orchestrator")
@@ -70,7 +73,7 @@ def run(args) -> int:
     points = []
     with CapacityStack(fake_env=env, log_dir=log_dir) as stack:
         for sessions in levels:
-            point = measure_point(stack, sessions, workload, fakes, args.clients)
+            point = measure_point(stack, sessions, workload, fakes, args.clients, args.priority)
             points.append(point)
             print(format_point(point), flush=True)
     document = {

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from apps.capacity.load import Plan
-from apps.capacity.probes import Snapshot
+from apps.capacity.probes import Snapshot, raise_priority
 from apps.capacity.report import percentiles
 from apps.capacity.stack import CapacityStack
 from apps.fakes.config import FakeSettings
@@ -61,7 +61,9 @@ def _expect(process: subprocess.Popen, prefix: str, deadline: float) -> str:
 
 
 def measure_point(stack: CapacityStack, sessions: int, workload: Workload, fakes: FakeSettings,
-                  clients: int = 0) -> dict:
+                  clients: int = 0, priority: int | None = None) -> dict:
+    """`priority`: a nice value (e.g. -10) given to every measured process, Redis included, so that on a
+    machine shared with other work the measured stack is not starved (see raise_priority)."""
     clients = client_count(sessions, clients)
     shares = [sessions // clients + (1 if i < sessions % clients else 0) for i in range(clients)]
     processes = []
@@ -85,6 +87,11 @@ def measure_point(stack: CapacityStack, sessions: int, workload: Workload, fakes
         pids = {"orchestrator": stack.orchestrator.process.pid,
                 **{f"fake-{name}": fake.process.pid for name, fake in stack.fakes.items()},
                 **{f"client-{i}": p.pid for i, p in enumerate(processes)}}
+        if priority is not None:
+            redis_pid = store.info("server")["process_id"]
+            boosted = [raise_priority(pid, priority) for pid in (*pids.values(), redis_pid)]
+            if not all(boosted):
+                raise RuntimeError("--priority needs root (setpriority and /proc/<pid>/autogroup)")
         time.sleep(max(0.0, start - time.time()))
         load_before = os.getloadavg()
         before = Snapshot.take(pids, store)
@@ -98,7 +105,9 @@ def measure_point(stack: CapacityStack, sessions: int, workload: Workload, fakes
                 process.kill()
             process.wait()
         store.close()
-    return summarise(sessions, clients, workload, results, before, after, (load_before, load_after))
+    point = summarise(sessions, clients, workload, results, before, after, (load_before, load_after))
+    point["priority"] = priority
+    return point
 
 
 def _merged(results: list[dict], key: str) -> list:

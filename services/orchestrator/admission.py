@@ -91,6 +91,10 @@ class Admission:
         self._redis = client
         self.limits = limits
         self.turns_in_flight = 0
+        # Sent by SHA (EVALSHA; loaded again if a restarted or failed-over Redis lacks it): the script text
+        # on every turn was most of the turn's bytes to Redis and a visible share of the orchestrator's CPU.
+        self._add_session_script = client.register_script(_ADD_SESSION)
+        self._start_turn_script = client.register_script(_START_TURN)
 
     @classmethod
     def from_url(cls, url: str, limits: AdmissionLimits, tls: RedisTls = RedisTls()) -> "Admission":
@@ -107,9 +111,9 @@ class Admission:
     def _ttl_ms(self) -> int:
         return self.limits.session_ttl_s * 1000
 
-    async def _script(self, script: str, keys: list[str], *args) -> tuple[bool, int]:
+    async def _script(self, script, keys: list[str], *args) -> tuple[bool, int]:
         try:
-            admitted, retry_ms = await self._redis.eval(script, len(keys), *keys, *args)
+            admitted, retry_ms = await script(keys=keys, args=args)
         except (RedisError, OSError):
             raise AdmissionRefused("UNAVAILABLE", f"the session store is unavailable; retry in "
                                                   f"{self.limits.busy_retry_after_ms} ms",
@@ -120,7 +124,7 @@ class Admission:
         """Counts a new session against its tenant; raises AdmissionRefused past `tenant_max_sessions`."""
         now = int(time.time() * 1000)
         admitted, retry_ms = await self._script(
-            _ADD_SESSION, [self._key(tenant, "live_sessions")], session_id, now, self._ttl_ms,
+            self._add_session_script, [self._key(tenant, "live_sessions")], session_id, now, self._ttl_ms,
             self.limits.tenant_max_sessions,
         )
         if not admitted:
@@ -150,7 +154,7 @@ class Admission:
         self.turns_in_flight += 1  # taken before the await: concurrent turns see it
         try:
             admitted, retry_ms = await self._script(
-                _START_TURN, [self._key(tenant, "turns_this_minute"), self._key(tenant, "live_sessions")],
+                self._start_turn_script, [self._key(tenant, "turns_this_minute"), self._key(tenant, "live_sessions")],
                 limits.tenant_turns_per_minute, TURN_WINDOW_MS, session_id, int(time.time() * 1000), self._ttl_ms,
             )
         except BaseException:
