@@ -7,6 +7,8 @@ the windows of several streams in one generator call.
 Windows (C = chunk tokens, P = context tokens = 10):
 * first window: C + P tokens; keep the first C tokens' samples (no left context yet);
 * then: P left context + C new + P look-ahead; keep the middle C tokens' samples;
+* C is the reference's fixed 20 (a stream's first segment) or 40, or, with a growing `WindowSchedule`,
+  grows with the audio the stream has already delivered (see there);
 * at the end: the leftover (last 2P tokens + whatever came after), keep all but the left context
   (everything when no window was decoded yet).
 Hard-cut overlap-save, no cross-fade; every generated token yields exactly `hop` samples in total.
@@ -14,7 +16,7 @@ Hard-cut overlap-save, no cross-fade; every generated token yields exactly `hop`
 Low-energy splice (`find_min_sum_index`): a kept chunk is emitted only up to its quietest point when
 the second half has a 2401-sample stretch whose mean |x| is below the threshold; otherwise it is held
 back and emitted with the next cut (or at the end). This only moves chunk boundaries: the concatenated
-output is the same either way.
+output is the same either way. A listener about to run dry gets the whole chunk at once (`hold=False`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,50 @@ CONTEXT_TOKENS = 10
 FIRST_SEGMENT_SEG_THRESHOLD = 0.1
 SEG_THRESHOLD = 0.015
 PCM16_SCALE = 32768.0
+MAX_CHUNK_TOKENS = 80
+CHUNK_GROWTH = 0.5
+CHUNK_STEP_TOKENS = 10  # grown chunk sizes are multiples of this: few distinct codec shapes
+
+
+@dataclass(frozen=True)
+class WindowSchedule:
+    """Chunk tokens (C) of each codec window.
+
+    The reference cuts fixed chunks: 20 tokens in a stream's first segment, 40 after. The second window
+    then needs 40 new tokens (plus a codec call) while the listener plays the first 20: below about 2.5x
+    real time the first chunk runs out before the second arrives. Growing instead: the next window keeps
+    `growth` x (tokens the stream's earlier windows kept, in this and earlier segments), at least
+    `first_chunk_tokens`, at most `max_chunk_tokens`, rounded down to CHUNK_STEP_TOKENS. A stream that
+    runs at r x real time has buffered about (1 - 1/r) of what it delivered, plus its first chunk, so with
+    growth 0.5 the next window is ready in time down to r = 1.5; long windows later cost fewer context
+    tokens per second of audio (20/C of the codec's work).
+
+    The size depends only on the stream's own tokens, never on the load or the wall clock: the codec's
+    receptive field (about +-13 tokens) is wider than the context, so the window cut changes the low bits
+    of the audio, and a seeded stream must sound the same alone or beside others. growth = 0 is the
+    reference.
+    """
+
+    first_chunk_tokens: int = FIRST_SEGMENT_CHUNK_TOKENS
+    chunk_tokens: int = CHUNK_TOKENS
+    growth: float = CHUNK_GROWTH
+    max_chunk_tokens: int = MAX_CHUNK_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.first_chunk_tokens <= 0 or self.chunk_tokens <= 0 or self.growth < 0:
+            raise ValueError("chunk sizes must be > 0 and growth ≥ 0")
+        if self.growth and self.max_chunk_tokens < self.first_chunk_tokens:
+            raise ValueError("max_chunk_tokens must be ≥ first_chunk_tokens")
+
+    def chunk_tokens_at(self, covered_tokens: int, first_segment: bool) -> int:
+        """C of the window whose kept audio starts `covered_tokens` into the stream."""
+        if not self.growth:
+            return self.first_chunk_tokens if first_segment else self.chunk_tokens
+        grown = int(self.growth * covered_tokens) // CHUNK_STEP_TOKENS * CHUNK_STEP_TOKENS
+        return max(self.first_chunk_tokens, min(self.max_chunk_tokens, grown))
+
+
+REFERENCE_WINDOWS = WindowSchedule(growth=0.0)
 
 
 @dataclass(frozen=True)
@@ -82,10 +128,19 @@ class CodecChunker:
         hop_length: int,
         splice_window: int = SPLICE_WINDOW_SAMPLES,
         max_hold_samples: int = MAX_HOLD_SAMPLES,
+        schedule: WindowSchedule | None = None,
+        first_segment: bool = False,
+        stream_tokens_before: int = 0,
     ):
+        """`schedule`: window sizes (None: `chunk_tokens` for every window); `stream_tokens_before`: the
+        codec tokens of the stream's earlier segments, which the schedule counts as delivered."""
         if chunk_tokens <= 0 or context_tokens < 0:
             raise ValueError("chunk_tokens must be > 0 and context_tokens ≥ 0")
         self.chunk_tokens = chunk_tokens
+        self.schedule = schedule
+        self.first_segment = first_segment
+        self._covered = stream_tokens_before  # stream tokens kept by earlier windows
+        self._plan_next_window()
         self.context_tokens = context_tokens
         self.seg_threshold = seg_threshold
         self.hop_length = hop_length
@@ -98,6 +153,10 @@ class CodecChunker:
         self._finished = False
         self.tokens_pushed = 0
         self.samples_emitted = 0
+
+    def _plan_next_window(self) -> None:
+        if self.schedule is not None:
+            self.chunk_tokens = self.schedule.chunk_tokens_at(self._covered, self.first_segment)
 
     @property
     def pending_windows(self) -> int:
@@ -119,6 +178,8 @@ class CodecChunker:
             keep_end=(len(self._tokens) - self.context_tokens) * hop,
             final=False,
         )
+        self._covered += self.chunk_tokens
+        self._plan_next_window()
         self._left_context = self.context_tokens
         keep = self._left_context + self.context_tokens
         self._tokens = self._tokens[len(self._tokens) - keep :] if keep else []
@@ -149,8 +210,9 @@ class CodecChunker:
             raise RuntimeError("flush_buffer only after finish and once every window is accepted")
         return self._take_buffer()
 
-    def accept(self, window: CodecWindow, waveform: np.ndarray) -> list[np.ndarray]:
-        """Decoded samples of `window` (float, [hop·T]) → chunks ready to play (possibly none)."""
+    def accept(self, window: CodecWindow, waveform: np.ndarray, hold: bool = True) -> list[np.ndarray]:
+        """Decoded samples of `window` (float, [hop·T]) → chunks ready to play (possibly none).
+        hold=False: emit everything now (the listener is about to run dry; a click beats a stall)."""
         if not self._pending or self._pending[0] is not window:
             raise RuntimeError("windows must be accepted in the order they were issued")
         expected = window.tokens.shape[0] * self.hop_length
@@ -158,7 +220,7 @@ class CodecChunker:
             raise ValueError(f"decoded window has shape {waveform.shape}, expected ({expected},)")
         self._pending.popleft()
         kept = np.asarray(waveform[window.keep_start : window.keep_end], dtype=np.float32)
-        if window.final:
+        if window.final or not hold:
             self._buffer = np.concatenate([self._buffer, kept])
             tail = self._take_buffer()
             return [tail] if tail is not None else []

@@ -16,6 +16,18 @@ class SpeechSettings(BaseSettings):
     first_chunk_tokens: int = 20
     chunk_tokens: int = 40
     context_tokens: int = 10
+    # Later windows keep chunk_growth x (codec tokens the stream already delivered), between
+    # first_chunk_tokens and max_chunk_tokens: each next window is ready before the audio before it runs out
+    # down to 1.5x real time per stream (the reference's fixed 40 needs about 2.5x). 0: the reference.
+    chunk_growth: float = Field(0.5, ge=0.0, le=4.0)
+    max_chunk_tokens: int = Field(80, ge=1)
+    # Playback-deadline scheduling: a stream whose listener has more than yield_buffer_ms of audio
+    # buffered gives its AR row and codec windows to streams with less, first_chunk_yield_ms while a new
+    # stream waits for its first audio. 0 turns the rule off (first come, first served).
+    yield_buffer_ms: int = Field(3000, ge=0)
+    first_chunk_yield_ms: int = Field(1000, ge=0)
+    # The low-energy splice holds audio back only from a listener with at least this much buffered.
+    splice_hold_buffer_ms: int = Field(1000, ge=0)
     # Runaway guard: a segment of n text tokens stops after 25·n codec tokens (0.6 s of speech per text
     # token; real speech needs ~0.1-0.3 s) and never after more than max_codec_tokens (25 s).
     codec_tokens_per_text_token: int = 25

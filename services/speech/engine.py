@@ -10,6 +10,8 @@ One step, after the loop has applied the queued commands (open / push / end / ca
 3. ONE batched AR decode step over the planned rows, then per-row sampling;
 4. the codec windows that became ready are decoded, in the calls the scheduler grouped them into;
 5. audio / segment-done / stream-done events are delivered.
+Work goes earliest playback deadline first (services.speech.scheduler): a stream's first chunk, then the
+listener with the least audio buffered; a stream far enough ahead yields its row and codec windows.
 The runner (services.speech.runner) does the model work of 2–4 and explains why every batched call has a
 fixed shape: a seeded stream sounds the same alone or beside others.
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from services.speech.chunker import CONTEXT_TOKENS, CodecWindow, float_to_pcm16
+from services.speech.chunker import CHUNK_GROWTH, CONTEXT_TOKENS, MAX_CHUNK_TOKENS, CodecWindow, float_to_pcm16
 from services.speech.events import (
     AudioEvent,
     DuplicateStreamError,
@@ -44,9 +47,10 @@ from services.speech.events import (
     UnknownStreamError,
 )
 from services.speech.intake import LENGTH_CAP_BASE_TOKENS, LengthLimits, SegmentIntake
+from services.speech.playback import NS_PER_MS, PlaybackClock
 from services.speech.runner import Chunking, SpeechRunner
-from services.speech.scheduler import Admission, plan_codec_calls, plan_step
-from services.speech.streams import PendingSegment, SpeechStream, StreamHandle
+from services.speech.scheduler import Admission, SchedulePolicy, StreamView, plan_codec_calls, plan_step, urgency
+from services.speech.streams import ActiveSegment, PendingSegment, SpeechStream, StreamHandle
 from services.speech.weights import SpeechModels
 from shared.engine_loop import EngineLoop
 from shared.tokenizer import QwenTokenizer
@@ -96,6 +100,12 @@ class SpeechEngine(EngineLoop):
         max_open_streams: int | None = None,
         max_queued_segments: int | None = None,
         busy_retry_after_ms: int = 1000,
+        chunk_growth: float = CHUNK_GROWTH,
+        max_chunk_tokens: int = MAX_CHUNK_TOKENS,
+        yield_buffer_ms: int | None = 3000,
+        first_chunk_yield_ms: int | None = 1000,
+        splice_hold_buffer_ms: int = 1000,
+        clock: Callable[[], int] = time.perf_counter_ns,
     ):
         """
         max_batch_size: segments decoded together; also the FIXED row count of every AR step (batch
@@ -109,6 +119,14 @@ class SpeechEngine(EngineLoop):
         codec_batch_size: windows per codec call, padded with dummy windows (batch invariance); 1 on CPU.
         max_open_streams / max_queued_segments: admission control (None = no bound): streams open at once,
             and unfinished segments per stream; past them open_stream / push_segment raise SpeechBusyError.
+        chunk_growth / max_chunk_tokens: later windows keep growth x (tokens the stream already delivered),
+            up to max_chunk_tokens (services.speech.chunker.WindowSchedule); 0 is the reference's fixed chunks.
+        yield_buffer_ms / first_chunk_yield_ms: a stream with more audio buffered than this yields its AR
+            row and codec windows to streams that need them (the second threshold applies while a new
+            stream waits for its first chunk); None never yields (first come, first served).
+        splice_hold_buffer_ms: the low-energy splice may hold audio back only from a listener with at
+            least this much buffered.
+        clock: monotonic nanoseconds of playback deadlines (a test passes a simulated one).
         """
         if max_batch_size < 1 or codec_batch_size < 1:
             raise ValueError("max_batch_size and codec_batch_size must be ≥ 1")
@@ -120,8 +138,16 @@ class SpeechEngine(EngineLoop):
             device=torch.device(device),
             max_rows=max_batch_size,
             codec_batch_size=codec_batch_size,
-            chunking=Chunking(first_chunk_tokens, chunk_tokens, context_tokens),
+            chunking=Chunking(first_chunk_tokens, chunk_tokens, context_tokens, chunk_growth, max_chunk_tokens),
         )
+        self._policy = SchedulePolicy(
+            yield_buffer_ns=None if yield_buffer_ms is None else yield_buffer_ms * NS_PER_MS,
+            first_chunk_yield_ns=None if first_chunk_yield_ms is None else first_chunk_yield_ms * NS_PER_MS,
+        )
+        self._splice_hold_buffer_ns = splice_hold_buffer_ms * NS_PER_MS
+        self._clock = clock
+        # Codec windows sampled but not decoded yet (a yielding stream's wait), in issue order.
+        self._codec_queue: list[tuple[SpeechStream, ActiveSegment, CodecWindow]] = []
         limits = LengthLimits(
             frames_per_text_token=models.frames_per_text_token,
             max_positions=models.tts.dims.max_position_embeddings,
@@ -151,7 +177,8 @@ class SpeechEngine(EngineLoop):
                 raise SpeechBusyError(
                     f"the speech service is at capacity ({len(self._handles)} streams open)", self._busy_retry_after_ms
                 )
-            stream = SpeechStream(stream_id, stream_seed, on_event, StreamHandle())
+            stream = SpeechStream(stream_id, stream_seed, on_event, StreamHandle(),
+                                  playback=PlaybackClock(self._runner.sample_rate_hz))
             self.post(lambda: self._on_open(stream))
             self._handles[stream_id] = stream.handle
 
@@ -189,6 +216,14 @@ class SpeechEngine(EngineLoop):
             handle.closed = True
             handle.cancel_requested = True  # read by delivery at once: no audio after this returns
             self.post_if_running(lambda: self._on_cancel(stream_id))
+
+    def report_playback(self, stream_id: str, played_ms: int) -> None:
+        """The listener's own play position in the stream's audio: its deadline counts from it. A report
+        for a stream that is gone changes nothing."""
+        with self.inbox_lock:
+            if stream_id not in self._handles:
+                return
+            self.post_if_running(lambda: self._on_playback(stream_id, played_ms))
 
     def stats(self) -> SpeechStats:
         with self.inbox_lock:
@@ -232,6 +267,11 @@ class SpeechEngine(EngineLoop):
         if stream is not None:
             stream.ended = True
 
+    def _on_playback(self, stream_id: str, played_ms: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.playback.report(played_ms, self._clock())
+
     def _on_cancel(self, stream_id: str) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -249,14 +289,30 @@ class SpeechEngine(EngineLoop):
         return any(s.active is not None or s.queue or s.ended for s in self._streams.values())
 
     def step(self) -> None:
-        now_ns = time.perf_counter_ns()
-        views = [stream.view(now_ns, self._runner.sample_rate_hz) for stream in self._streams.values()]
-        plan = plan_step(views, self._max_batch_size)
+        now_ns = self._clock()
+        views = {stream_id: stream.view(now_ns) for stream_id, stream in self._streams.items()}
+        plan = plan_step(list(views.values()), self._max_batch_size, self._policy)
         self._admit(plan.admissions)
         rows = [self._streams.get(stream_id) for stream_id in plan.rows]
         ready = self._decode_step([s for s in rows if s is not None and s.active is not None and s.active.decoding])
-        self._decode_windows(ready)
+        self._codec_queue.extend((stream, stream.active, window) for stream, window in ready)
+        self._decode_windows(self._due_windows(views, plan.yielding))
         self._finish_segments()
+
+    def _due_windows(self, views: dict[str, StreamView], yielding: frozenset[str]) -> list[tuple[SpeechStream, CodecWindow]]:
+        """The queued windows to decode now, most urgent stream first (a stream's own windows stay in
+        issue order); a yielding stream's windows wait in the queue."""
+        queue = [(stream, segment, window) for stream, segment, window in self._codec_queue
+                 if self._alive(stream) and stream.active is segment]
+        due = [(position, entry) for position, entry in enumerate(queue) if entry[0].stream_id not in yielding]
+        self._codec_queue = [entry for entry in queue if entry[0].stream_id in yielding]
+
+        def key(item: tuple[int, tuple[SpeechStream, ActiveSegment, CodecWindow]]) -> tuple[int, int]:
+            position, (stream, _, _) = item
+            view = views.get(stream.stream_id)
+            return (urgency(view) if view is not None else 0, position)
+
+        return [(stream, window) for _, (stream, _, window) in sorted(due, key=key)]
 
     def on_step_error(self, error: Exception) -> None:
         # A bug in the step itself: fail every stream rather than leave its consumer waiting forever.
@@ -280,7 +336,7 @@ class SpeechEngine(EngineLoop):
             if admission.start is not None and self._alive(stream):
                 segment = stream.queue.popleft()
                 try:
-                    stream.active = self._runner.begin_segment(stream.seed, segment)
+                    stream.active = self._runner.begin_segment(stream.seed, segment, stream.codec_tokens_done)
                 except Exception as error:  # noqa: BLE001 - one bad segment fails its own stream only
                     self._fail(stream, error)
             if admission.complete and self._alive(stream):
@@ -310,10 +366,13 @@ class SpeechEngine(EngineLoop):
         return ready
 
     def _decode_windows(self, ready: list[tuple[SpeechStream, CodecWindow]]) -> None:
+        """Decodes `ready` (most urgent first) and hands each waveform back as soon as it and every window
+        before it in the list are decoded, so an urgent listener does not wait for the others' codec work."""
         if not ready:
             return
         decoded: dict[int, np.ndarray] = {}  # position in `ready` → waveform
         failed: set[str] = set()
+        handed_back = 0
         for call in plan_codec_calls([window.tokens.shape[0] for _, window in ready], self._codec_batch_size):
             group = [ready[position] for position in call.windows]
             started = time.perf_counter_ns()
@@ -331,31 +390,39 @@ class SpeechEngine(EngineLoop):
                 stream = ready[position][0]
                 if stream.active is not None:
                     stream.active.codec_ns += elapsed
-        # Hand the waveforms back in issue order: a segment may have two windows of different lengths.
-        for position, (stream, window) in enumerate(ready):
-            if stream.stream_id in failed or stream.active is None or not self._alive(stream):
-                continue
-            segment = stream.active
-            try:
-                for chunk in segment.chunker.accept(window, decoded[position]):
-                    self._emit_audio(stream, segment.pending.index, chunk)
-            except Exception as error:  # noqa: BLE001 - isolate the stream
-                failed.add(stream.stream_id)
-                self._fail(stream, error)
+            # In list order: a segment may have two windows of different lengths (in different calls).
+            while handed_back < len(ready) and handed_back in decoded:
+                self._hand_back(*ready[handed_back], decoded.pop(handed_back), failed)
+                handed_back += 1
+        for position in range(handed_back, len(ready)):  # after a failed call
+            if position in decoded:
+                self._hand_back(*ready[position], decoded[position], failed)
+
+    def _hand_back(self, stream: SpeechStream, window: CodecWindow, waveform: np.ndarray, failed: set[str]) -> None:
+        if stream.stream_id in failed or stream.active is None or not self._alive(stream):
+            return
+        segment = stream.active
+        hold = stream.buffered_audio_ns(self._clock()) >= self._splice_hold_buffer_ns
+        try:
+            for chunk in segment.chunker.accept(window, waveform, hold=hold):
+                self._emit_audio(stream, segment.pending.index, chunk)
+        except Exception as error:  # noqa: BLE001 - isolate the stream
+            failed.add(stream.stream_id)
+            self._fail(stream, error)
 
     def _emit_audio(self, stream: SpeechStream, segment_index: int, samples: np.ndarray) -> None:
         if stream.handle.cancel_requested or not self._alive(stream):
             return
         pcm = float_to_pcm16(samples)
-        stream.note_audio(pcm.shape[0], time.perf_counter_ns())
+        stream.note_audio(pcm.shape[0], self._clock())
         self._count(audio_samples=pcm.shape[0])
         self._deliver(stream, AudioEvent(stream.stream_id, segment_index, pcm))
 
     def _finish_segments(self) -> None:
         for stream in list(self._streams.values()):
             segment = stream.active
-            if segment is None or segment.finish_reason is None:
-                continue
+            if segment is None or segment.finish_reason is None or segment.chunker.pending_windows:
+                continue  # still decoding, or its last windows wait in the codec queue
             # Audio still held back by the splice when no final window was needed (context_tokens = 0).
             tail = segment.chunker.flush_buffer()
             if tail is not None:
@@ -363,6 +430,7 @@ class SpeechEngine(EngineLoop):
             if not self._alive(stream):
                 continue  # the consumer's callback failed the stream
             stream.active = None
+            stream.codec_tokens_done += segment.tokens_generated
             self._count(segments_completed=1, codec_tokens_generated=segment.tokens_generated)
             self._segment_finished(stream)
             self._deliver(stream, segment.done(stream.stream_id))

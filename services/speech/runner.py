@@ -35,6 +35,7 @@ from services.speech.chunker import (
     SEG_THRESHOLD,
     CodecChunker,
     CodecWindow,
+    WindowSchedule,
 )
 from services.speech.streams import ActiveSegment, PendingSegment
 from services.speech.tts import KVCache, banned_sample_ids, eos_id, pad_id, sample_codec_token, sos_id, text_frames
@@ -50,11 +51,17 @@ def segment_seed(stream_seed: int, segment_index: int) -> int:
 @dataclass(frozen=True)
 class Chunking:
     """How a segment's codec tokens are cut into windows (see services.speech.chunker): a stream's first
-    spoken segment uses shorter chunks, so its first audio comes sooner."""
+    window is short, so its first audio comes sooner; later ones follow `windows`."""
 
     first_chunk_tokens: int = 20
     chunk_tokens: int = 40
     context_tokens: int = CONTEXT_TOKENS
+    growth: float = 0.0  # 0: the reference's fixed chunks
+    max_chunk_tokens: int = 80
+
+    @property
+    def windows(self) -> WindowSchedule:
+        return WindowSchedule(self.first_chunk_tokens, self.chunk_tokens, self.growth, self.max_chunk_tokens)
 
 
 class SpeechRunner:
@@ -84,8 +91,9 @@ class SpeechRunner:
     def sample_rate_hz(self) -> int:
         return self._models.codec.sampling_rate
 
-    def begin_segment(self, stream_seed: int, segment: PendingSegment) -> ActiveSegment:
-        """Text ids → embedding rows → NAR pre-net → bidirectional prefill of a fresh KV cache."""
+    def begin_segment(self, stream_seed: int, segment: PendingSegment, stream_tokens_before: int = 0) -> ActiveSegment:
+        """Text ids → embedding rows → NAR pre-net → bidirectional prefill of a fresh KV cache.
+        `stream_tokens_before`: codec tokens of the stream's earlier segments (window sizes grow with it)."""
         started_ns = time.perf_counter_ns()
         tts = self._models.tts
         ids = torch.tensor(segment.text_ids, dtype=torch.long)
@@ -103,6 +111,9 @@ class SpeechRunner:
             context_tokens=chunking.context_tokens,
             seg_threshold=FIRST_SEGMENT_SEG_THRESHOLD if first else SEG_THRESHOLD,
             hop_length=self._models.codec.hop_length,
+            schedule=chunking.windows,
+            first_segment=first,
+            stream_tokens_before=stream_tokens_before,
         )
         generator = torch.Generator().manual_seed(segment_seed(stream_seed, segment.index))
         return ActiveSegment(

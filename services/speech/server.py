@@ -149,8 +149,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer, LoadingGate):
     async def _read_segments(self, request_iterator, stream_id: str, events: EngineEvents) -> None:
         expected_index = 0
         async for message in request_iterator:
-            if message.WhichOneof("msg") != "segment":
-                events.push(_BadRequest("only `segment` messages may follow `start`"))
+            kind = message.WhichOneof("msg")
+            if kind == "position":
+                if message.position.played_ms < 0:
+                    events.push(_BadRequest(f"position.played_ms must be ≥ 0, got {message.position.played_ms}"))
+                    return
+                self._engine.report_playback(stream_id, message.position.played_ms)
+                continue
+            if kind != "segment":
+                events.push(_BadRequest("only `segment` and `position` messages may follow `start`"))
                 return
             segment = message.segment
             if segment.index != expected_index:
@@ -210,6 +217,11 @@ def build_engine(common: ServiceSettings, settings: SpeechSettings) -> tuple[Spe
         max_open_streams=settings.max_open_streams,
         max_queued_segments=settings.max_queued_segments,
         busy_retry_after_ms=settings.busy_retry_after_ms,
+        chunk_growth=settings.chunk_growth,
+        max_chunk_tokens=settings.max_chunk_tokens,
+        yield_buffer_ms=settings.yield_buffer_ms or None,
+        first_chunk_yield_ms=settings.first_chunk_yield_ms or None,
+        splice_hold_buffer_ms=settings.splice_hold_buffer_ms,
     )
     facts = dict(
         # The codec's own dims: the checkpoint's when one is served.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from services.speech.chunker import CodecChunker, CodecWindow
 from services.speech.events import EventCallback, SegmentDoneEvent
+from services.speech.playback import PlaybackClock
 from services.speech.scheduler import StreamView, WaitingSegment
 
 if TYPE_CHECKING:
@@ -119,23 +120,21 @@ class SpeechStream:
     queue: deque[PendingSegment] = field(default_factory=deque)
     active: ActiveSegment | None = None
     ended: bool = False  # end_stream was applied: complete once the queue drains
-    audio_samples: int = 0  # PCM samples delivered so far
-    first_audio_ns: int | None = None  # when the first of them was delivered
+    playback: PlaybackClock = field(default_factory=lambda: PlaybackClock(24_000))
+    codec_tokens_done: int = 0  # codec tokens of the finished segments (later windows grow with it)
+
+    @property
+    def audio_samples(self) -> int:
+        return self.playback.delivered_samples
 
     def note_audio(self, samples: int, now_ns: int) -> None:
-        if self.first_audio_ns is None:
-            self.first_audio_ns = now_ns
-        self.audio_samples += samples
+        self.playback.note_audio(samples, now_ns)
 
-    def buffered_audio_ns(self, now_ns: int, sample_rate_hz: int) -> int:
-        """Delivered audio its listener cannot have played yet, if playback started at the first delivery
-        and runs in real time: how far ahead of its listener the stream is."""
-        if self.first_audio_ns is None:
-            return 0
-        delivered_ns = self.audio_samples * 1_000_000_000 // sample_rate_hz
-        return max(0, delivered_ns - (now_ns - self.first_audio_ns))
+    def buffered_audio_ns(self, now_ns: int) -> int:
+        """Delivered audio its listener has not played yet: how far ahead of its listener the stream is."""
+        return self.playback.buffered_ns(now_ns)
 
-    def view(self, now_ns: int, sample_rate_hz: int) -> StreamView:
+    def view(self, now_ns: int) -> StreamView:
         """What the scheduler gets to know about this stream."""
         active = self.active
         return StreamView(
@@ -144,5 +143,6 @@ class SpeechStream:
             waiting=tuple(WaitingSegment(s.index, s.silent, s.enqueued_ns) for s in self.queue),
             ended=self.ended,
             audio_samples=self.audio_samples,
-            buffered_audio_ns=self.buffered_audio_ns(now_ns, sample_rate_hz),
+            buffered_audio_ns=self.buffered_audio_ns(now_ns),
+            deadline_ns=self.playback.deadline_ns(),
         )

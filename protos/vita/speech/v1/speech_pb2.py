@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from vita.common.v1 import common_pb2 as vita_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvita/speech/v1/speech.proto\x12\x0evita.speech.v1\x1a\x1bvita/common/v1/common.proto\":\n\x0eSynthesisStart\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\"*\n\x0bTextSegment\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"{\n\x11SynthesizeRequest\x12/\n\x05start\x18\x01 \x01(\x0b\x32\x1e.vita.speech.v1.SynthesisStartH\x00\x12.\n\x07segment\x18\x02 \x01(\x0b\x32\x1b.vita.speech.v1.TextSegmentH\x00\x42\x05\n\x03msg\"H\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x15\n\rsegment_index\x18\x03 \x01(\x05\"\xbf\x01\n\x0bSegmentDone\x12\x15\n\rsegment_index\x18\x01 \x01(\x05\x12\x14\n\x0c\x63odec_tokens\x18\x02 \x01(\x05\x12:\n\rfinish_reason\x18\x06 \x01(\x0e\x32#.vita.speech.v1.SegmentFinishReason\x12\x13\n\x0btext_tokens\x18\x04 \x01(\x05\x12,\n\x07timings\x18\x05 \x03(\x0b\x32\x1b.vita.common.v1.StageTimingJ\x04\x08\x03\x10\x04\"I\n\rSynthesisDone\x12\x32\n\x06reason\x18\x02 \x01(\x0e\x32\".vita.speech.v1.SynthesisEndReasonJ\x04\x08\x01\x10\x02\"\xae\x01\n\x12SynthesizeResponse\x12+\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1a.vita.speech.v1.AudioChunkH\x00\x12\x33\n\x0csegment_done\x18\x02 \x01(\x0b\x32\x1b.vita.speech.v1.SegmentDoneH\x00\x12-\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1d.vita.speech.v1.SynthesisDoneH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0f\x44\x65scribeRequest\"s\n\x10\x44\x65scribeResponse\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x19\n\x11samples_per_token\x18\x02 \x01(\x05\x12,\n\x07weights\x18\x03 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo*\xa2\x01\n\x13SegmentFinishReason\x12%\n!SEGMENT_FINISH_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19SEGMENT_FINISH_REASON_EOS\x10\x01\x12$\n SEGMENT_FINISH_REASON_LENGTH_CAP\x10\x02\x12\x1f\n\x1bSEGMENT_FINISH_REASON_EMPTY\x10\x03*\x82\x01\n\x12SynthesisEndReason\x12$\n SYNTHESIS_END_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eSYNTHESIS_END_REASON_COMPLETED\x10\x01\x12\"\n\x1eSYNTHESIS_END_REASON_CANCELLED\x10\x02\x32\xb0\x01\n\x06Speech\x12W\n\nSynthesize\x12!.vita.speech.v1.SynthesizeRequest\x1a\".vita.speech.v1.SynthesizeResponse(\x01\x30\x01\x12M\n\x08\x44\x65scribe\x12\x1f.vita.speech.v1.DescribeRequest\x1a .vita.speech.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvita/speech/v1/speech.proto\x12\x0evita.speech.v1\x1a\x1bvita/common/v1/common.proto\":\n\x0eSynthesisStart\x12(\n\x03\x63tx\x18\x01 \x01(\x0b\x32\x1b.vita.common.v1.CallContext\"*\n\x0bTextSegment\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"%\n\x10ListenerPosition\x12\x11\n\tplayed_ms\x18\x01 \x01(\x03\"\xb1\x01\n\x11SynthesizeRequest\x12/\n\x05start\x18\x01 \x01(\x0b\x32\x1e.vita.speech.v1.SynthesisStartH\x00\x12.\n\x07segment\x18\x02 \x01(\x0b\x32\x1b.vita.speech.v1.TextSegmentH\x00\x12\x34\n\x08position\x18\x03 \x01(\x0b\x32 .vita.speech.v1.ListenerPositionH\x00\x42\x05\n\x03msg\"H\n\nAudioChunk\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x15\n\rsegment_index\x18\x03 \x01(\x05\"\xbf\x01\n\x0bSegmentDone\x12\x15\n\rsegment_index\x18\x01 \x01(\x05\x12\x14\n\x0c\x63odec_tokens\x18\x02 \x01(\x05\x12:\n\rfinish_reason\x18\x06 \x01(\x0e\x32#.vita.speech.v1.SegmentFinishReason\x12\x13\n\x0btext_tokens\x18\x04 \x01(\x05\x12,\n\x07timings\x18\x05 \x03(\x0b\x32\x1b.vita.common.v1.StageTimingJ\x04\x08\x03\x10\x04\"I\n\rSynthesisDone\x12\x32\n\x06reason\x18\x02 \x01(\x0e\x32\".vita.speech.v1.SynthesisEndReasonJ\x04\x08\x01\x10\x02\"\xae\x01\n\x12SynthesizeResponse\x12+\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1a.vita.speech.v1.AudioChunkH\x00\x12\x33\n\x0csegment_done\x18\x02 \x01(\x0b\x32\x1b.vita.speech.v1.SegmentDoneH\x00\x12-\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1d.vita.speech.v1.SynthesisDoneH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0f\x44\x65scribeRequest\"s\n\x10\x44\x65scribeResponse\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\x05\x12\x19\n\x11samples_per_token\x18\x02 \x01(\x05\x12,\n\x07weights\x18\x03 \x01(\x0b\x32\x1b.vita.common.v1.WeightsInfo*\xa2\x01\n\x13SegmentFinishReason\x12%\n!SEGMENT_FINISH_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19SEGMENT_FINISH_REASON_EOS\x10\x01\x12$\n SEGMENT_FINISH_REASON_LENGTH_CAP\x10\x02\x12\x1f\n\x1bSEGMENT_FINISH_REASON_EMPTY\x10\x03*\x82\x01\n\x12SynthesisEndReason\x12$\n SYNTHESIS_END_REASON_UNSPECIFIED\x10\x00\x12\"\n\x1eSYNTHESIS_END_REASON_COMPLETED\x10\x01\x12\"\n\x1eSYNTHESIS_END_REASON_CANCELLED\x10\x02\x32\xb0\x01\n\x06Speech\x12W\n\nSynthesize\x12!.vita.speech.v1.SynthesizeRequest\x1a\".vita.speech.v1.SynthesizeResponse(\x01\x30\x01\x12M\n\x08\x44\x65scribe\x12\x1f.vita.speech.v1.DescribeRequest\x1a .vita.speech.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vita.speech.v1.speech_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEGMENTFINISHREASON']._serialized_start=962
-  _globals['_SEGMENTFINISHREASON']._serialized_end=1124
-  _globals['_SYNTHESISENDREASON']._serialized_start=1127
-  _globals['_SYNTHESISENDREASON']._serialized_end=1257
+  _globals['_SEGMENTFINISHREASON']._serialized_start=1056
+  _globals['_SEGMENTFINISHREASON']._serialized_end=1218
+  _globals['_SYNTHESISENDREASON']._serialized_start=1221
+  _globals['_SYNTHESISENDREASON']._serialized_end=1351
   _globals['_SYNTHESISSTART']._serialized_start=76
   _globals['_SYNTHESISSTART']._serialized_end=134
   _globals['_TEXTSEGMENT']._serialized_start=136
   _globals['_TEXTSEGMENT']._serialized_end=178
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=180
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=303
-  _globals['_AUDIOCHUNK']._serialized_start=305
-  _globals['_AUDIOCHUNK']._serialized_end=377
-  _globals['_SEGMENTDONE']._serialized_start=380
-  _globals['_SEGMENTDONE']._serialized_end=571
-  _globals['_SYNTHESISDONE']._serialized_start=573
-  _globals['_SYNTHESISDONE']._serialized_end=646
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=649
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=823
-  _globals['_DESCRIBEREQUEST']._serialized_start=825
-  _globals['_DESCRIBEREQUEST']._serialized_end=842
-  _globals['_DESCRIBERESPONSE']._serialized_start=844
-  _globals['_DESCRIBERESPONSE']._serialized_end=959
-  _globals['_SPEECH']._serialized_start=1260
-  _globals['_SPEECH']._serialized_end=1436
+  _globals['_LISTENERPOSITION']._serialized_start=180
+  _globals['_LISTENERPOSITION']._serialized_end=217
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=220
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=397
+  _globals['_AUDIOCHUNK']._serialized_start=399
+  _globals['_AUDIOCHUNK']._serialized_end=471
+  _globals['_SEGMENTDONE']._serialized_start=474
+  _globals['_SEGMENTDONE']._serialized_end=665
+  _globals['_SYNTHESISDONE']._serialized_start=667
+  _globals['_SYNTHESISDONE']._serialized_end=740
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=743
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=917
+  _globals['_DESCRIBEREQUEST']._serialized_start=919
+  _globals['_DESCRIBEREQUEST']._serialized_end=936
+  _globals['_DESCRIBERESPONSE']._serialized_start=938
+  _globals['_DESCRIBERESPONSE']._serialized_end=1053
+  _globals['_SPEECH']._serialized_start=1354
+  _globals['_SPEECH']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

@@ -42,13 +42,21 @@ class TextSegment(_message.Message):
     text: str
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
+class ListenerPosition(_message.Message):
+    __slots__ = ("played_ms",)
+    PLAYED_MS_FIELD_NUMBER: _ClassVar[int]
+    played_ms: int
+    def __init__(self, played_ms: _Optional[int] = ...) -> None: ...
+
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("start", "segment")
+    __slots__ = ("start", "segment", "position")
     START_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     start: SynthesisStart
     segment: TextSegment
-    def __init__(self, start: _Optional[_Union[SynthesisStart, _Mapping]] = ..., segment: _Optional[_Union[TextSegment, _Mapping]] = ...) -> None: ...
+    position: ListenerPosition
+    def __init__(self, start: _Optional[_Union[SynthesisStart, _Mapping]] = ..., segment: _Optional[_Union[TextSegment, _Mapping]] = ..., position: _Optional[_Union[ListenerPosition, _Mapping]] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("pcm", "sample_rate_hz", "segment_index")
