@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--no-speech", action="store_true",
                       help="text replies only (session speech_output off): isolates the LLM's batching")
     load.add_argument("--turn-timeout-s", type=float, default=600.0)
+    ramp = parser.add_argument_group("capacity (apps/bench/capacity.py)")
+    ramp.add_argument("--capacity", action="store_true",
+                      help="ramp concurrency (--capacity-ramp, then bisect) to the largest number of sessions with "
+                           "every turn completed, 0 playback underruns and TTFA p90 within --capacity-ttfa-p90-ms")
+    ramp.add_argument("--capacity-ramp", default=None, help="concurrencies to try in order (default 1,2,4,8,12,16,24,32)")
+    ramp.add_argument("--capacity-ttfa-p90-ms", type=float, default=None, help="bound on TTFA p90 (default 1000)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, default=None, help="write the results here")
     out.add_argument("--plot", type=Path, default=None,
@@ -100,6 +106,18 @@ async def collect(args, concurrencies: list[int], address: str | None) -> list[d
     return runs
 
 
+async def _collect_or_ramp(args, concurrencies: list[int], address: str | None) -> tuple[list[dict], dict | None]:
+    if not args.capacity:
+        return await collect(args, concurrencies, address), None
+    from apps.bench.capacity import DEFAULT_RAMP, DEFAULT_TTFA_P90_MS, ramp
+
+    async def measure(concurrency: int) -> dict:
+        return (await collect(args, [concurrency], address))[0]
+
+    levels = _concurrencies(args.capacity_ramp or DEFAULT_RAMP)
+    return await ramp(levels, measure, args.capacity_ttfa_p90_ms or DEFAULT_TTFA_P90_MS)
+
+
 def build_document(args, runs: list[dict], machine: dict) -> dict:
     from apps.bench.report import document
 
@@ -126,8 +144,9 @@ def run(args) -> int:
     print(f"vita bench: {mode}, preset {args.preset}, concurrency {','.join(map(str, concurrencies))}, "
           f"{args.turns} turns/session (+{args.warmup} warmup), reply {args.reply_tokens} tokens, seed {args.seed}; "
           f"{machine['cpu_model']}, {machine['cpus_usable']} CPUs, load {machine['load_average'][0]:.2f}", flush=True)
+    capacity = None
     if args.inprocess or args.address:
-        runs = asyncio.run(collect(args, concurrencies, args.address))
+        runs, capacity = asyncio.run(_collect_or_ramp(args, concurrencies, args.address))
     else:
         from apps.launcher import Stack, StackConfig
 
@@ -136,10 +155,15 @@ def run(args) -> int:
                              torch_threads=args.torch_threads)
         print(f"starting the {args.preset} stack (logs in {log_dir})...", flush=True)
         with Stack(config) as stack:
-            runs = asyncio.run(collect(args, concurrencies, stack.address))
+            runs, capacity = asyncio.run(_collect_or_ramp(args, concurrencies, stack.address))
     if len(runs) > 1:
         print(format_summary(runs))
     doc = build_document(args, runs, machine)
+    if capacity is not None:
+        from apps.bench.capacity import format_capacity
+
+        doc["capacity"] = capacity
+        print(format_capacity(capacity))
     if args.json:
         write_json(args.json, doc)
         print(f"results written to {args.json}")

@@ -11,6 +11,9 @@ when the metric did not occur, e.g. `eos_to_audio_ms` without spoken turns):
     audio_s_per_turn, stages{name: {queue_ms, compute_ms}}, throughput{...}, failed_turns, errors, ...
                     the first run's metrics (see apps/bench/stats.py run_metrics)
     runs            one object of the same shape per concurrency, in the order given
+    capacity        with --capacity only: {sessions, criterion, ttfa_p90_bound_ms, first_failing,
+                    ramp_exhausted, tried[{concurrency, passed, why_not, underruns, ttfa_p50_ms, ...}]}
+                    (apps/bench/capacity.py)
     settings        turns per session, warmup, reply tokens, seed, workload
     machine, date   where and when (CPU model, cores, load average before/after, torch, GPU)
 """
