@@ -292,7 +292,7 @@ function cutPlayback(why) {
   const responseId = activeResponse;
   if (responseId) silenced.add(responseId);
   if (!player) return;
-  const cut = player.flush();
+  const cut = player.flush(Boolean(responseId));
   for (const { itemId, heardMs } of cut) {
     if (itemId && socket) {
       socket.send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: heardMs });

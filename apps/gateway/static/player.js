@@ -7,6 +7,7 @@ export const REPLY_RATE = 24000;
 // After an underrun (or at the first chunk) playback starts this far ahead, so the next delta can arrive
 // before the first one runs out.
 const START_LEAD_S = 0.08;
+const MAX_TRACKED_ITEMS = 8;
 
 export class Player {
   constructor(context) {
@@ -20,6 +21,7 @@ export class Player {
     this.flushes = 0;
     this.pendingByte = null; // a delta may end inside a sample
     this.heardByItem = new Map(); // item id -> samples of it played so far
+    this.lastItem = null; // the item of the latest chunk
   }
 
   /** Queues PCM16 little-endian bytes (Uint8Array) of reply item `itemId`. */
@@ -48,10 +50,10 @@ export class Player {
     const now = this.context.currentTime;
     const startsAt = this.playhead > now ? this.playhead : now + START_LEAD_S;
     const entry = { source, startsAt, frames, itemId };
+    this.lastItem = itemId;
     source.onended = () => {
       this.playing.delete(entry);
       this.count(entry, frames);
-      if (this.playing.size === 0) this.heardByItem.clear(); // all heard: no item can be cut any more
     };
     source.start(startsAt);
     this.playhead = startsAt + buffer.duration;
@@ -67,12 +69,19 @@ export class Player {
   count(entry, samples) {
     this.playedSamples += samples;
     this.heardByItem.set(entry.itemId, (this.heardByItem.get(entry.itemId) || 0) + samples);
+    // Only the latest replies can still be cut; a Map iterates oldest first.
+    if (this.heardByItem.size > MAX_TRACKED_ITEMS) this.heardByItem.delete(this.heardByItem.keys().next().value);
   }
 
-  /** Stops what is playing and drops what is queued. Returns the cut items: [{itemId, heardMs}]. */
-  flush() {
+  /**
+   * Stops what is playing and drops what is queued. Returns the cut items: [{itemId, heardMs}]. With
+   * `replyUnfinished`, the item that last got audio counts as cut even when nothing plays right now (its
+   * next delta is late): more of it was coming.
+   */
+  flush(replyUnfinished = false) {
     const now = this.context.currentTime;
     const cut = new Set();
+    if (replyUnfinished && this.heardByItem.has(this.lastItem)) cut.add(this.lastItem);
     for (const entry of this.playing) {
       entry.source.onended = null;
       const heard = Math.round((now - entry.startsAt) * REPLY_RATE);
@@ -85,11 +94,10 @@ export class Player {
     this.playing.clear();
     this.playhead = 0;
     this.pendingByte = null;
-    const heard = [...cut].map((itemId) => ({
-      itemId,
-      heardMs: Math.floor(((this.heardByItem.get(itemId) || 0) * 1000) / REPLY_RATE),
-    }));
-    this.heardByItem.clear();
-    return heard;
+    return [...cut].map((itemId) => {
+      const heardMs = Math.floor(((this.heardByItem.get(itemId) || 0) * 1000) / REPLY_RATE);
+      this.heardByItem.delete(itemId);
+      return { itemId, heardMs };
+    });
   }
 }
