@@ -115,6 +115,10 @@ async def measure(address: str, gateway: str, api_key: str | None, turns: int, w
         await grpc_close()
         await ws_close()
     result = {name: summary(values) for name, values in ttfa.items()}
+    # Paired by prompt: the same turn through each door, so load that hits one turn hits both numbers less.
+    differences = [ws - grpc for grpc, ws in zip(ttfa["grpc"], ttfa["realtime"])]
+    result["paired_median_difference_ms"] = round(statistics.median(differences), 1)
+    result["per_turn_ms"] = {name: [round(value, 1) for value in values] for name, values in ttfa.items()}
     result["ratio_median"] = round(result["realtime"]["median_ms"] / result["grpc"]["median_ms"], 3)
     result["ratio_mean"] = round(result["realtime"]["mean_ms"] / result["grpc"]["mean_ms"], 3)
     result["turns"], result["warmup"], result["reply_tokens"] = turns, warmup, reply_tokens

@@ -128,6 +128,10 @@ async def test_response_cancel_ends_the_response_as_cancelled(openai_client):
         events = before + await events_until(connection, "response.done")
         done = events[-1].response
         assert done.status == "cancelled" and done.status_details.reason == "client_cancelled"
+        # What the client played of it: passed on as the playback position.
+        await connection.conversation.item.truncate(item_id=done.output[0].id, content_index=0, audio_end_ms=0)
+        truncated = await events_until(connection, "conversation.item.truncated")
+        assert truncated[-1].item_id == done.output[0].id
         # The connection goes on: the next response works.
         await connection.conversation.item.create(item=user_text("Hi again."))
         await connection.response.create(response={"max_output_tokens": REPLY_TOKENS})
