@@ -44,6 +44,9 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+]
+PAGE_FLAGS = [
+    *CHROMIUM_FLAGS,
     # Grant camera and microphone without a prompt, and use fake devices.
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
@@ -123,7 +126,7 @@ def test_capture_worklet_resamples_to_24khz(playwright_api):
     source = CAPTURE_SOURCE.read_text()
     seconds, tone_rms = 0.5, 0.5 / np.sqrt(2)
     with playwright_api() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS[:6])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             # A page on localhost, a secure context (AudioWorklet needs one), answered without a server.
@@ -179,7 +182,7 @@ def test_page_talks_through_the_gateway(scheme, gateways, microphone_wav, playwr
     port = gateways[scheme].address.rsplit(":", 1)[1]
     # `localhost` over HTTPS (the certificate names it); over HTTP, loopback is a secure context as is.
     url = f"{scheme}://localhost:{port}/" if scheme == "https" else f"http://127.0.0.1:{port}/"
-    flags = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={microphone_wav}"]
+    flags = [*PAGE_FLAGS, f"--use-file-for-fake-audio-capture={microphone_wav}"]
     interruption = INTERRUPTIONS[scheme]
     problems: list[str] = []
     with playwright_api() as playwright:
