@@ -531,8 +531,10 @@ async def test_loading_gate_and_stopped_engine_are_unavailable() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await served.stub.Describe(audio_pb2.DescribeRequest(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The gate answers before reading anything: a client write would race that status (and fail
+        # client-side as INTERNAL), so this call only reads.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stream(served.stub, [start()])
+            _ = [event async for event in served.stub.StreamAudio(timeout=TIMEOUT_S)]
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         await served.app.load()
         await assert_serving(served.stub)

@@ -210,10 +210,13 @@ def test_page_talks_through_the_gateway(scheme, gateways, microphone_wav, playwr
             if interruption == "stop":
                 page.wait_for_function("() => window.vitaPage.busy", timeout=TURN_TIMEOUT_MS)
                 page.click("#stop")
-            # The cut reply ends (response.done), and the page has recorded the cut.
+            # The cut reply ends (response.done), the page has recorded the cut, and the truncation it sent
+            # (when some of the reply was heard) has been answered: that answer may land after the done.
             page.wait_for_function(
                 f"() => window.vitaPage.stats.cuts.some(cut => cut.why === '{interruption}' && cut.responseId"
-                f" && window.vitaPage.stats.responses.some(done => done.id === cut.responseId))",
+                f" && window.vitaPage.stats.responses.some(done => done.id === cut.responseId)"
+                f" && (cut.heardMs === 0"
+                f"     || (window.vitaPage.stats.events['conversation.item.truncated'] || 0) >= 1))",
                 timeout=TURN_TIMEOUT_MS,
             )
             after = page.evaluate(PAGE_STATE)
