@@ -49,6 +49,8 @@ def _stack_config(args, log_dir: Path | None, data_dir: Path | None = None):
         config.gateway, config.gateway_port = port >= 0, max(port, 0)
     if getattr(args, "services", None):
         config.services = args.services
+    if getattr(args, "replicas", None):
+        config.replicas = args.replicas
     return config
 
 
@@ -63,6 +65,25 @@ def _model_services(value: str) -> tuple[str, ...]:
     if missing:
         raise argparse.ArgumentTypeError(f"every stack needs {', '.join(missing)}")
     return names
+
+
+def _replica_counts(value: str) -> dict[str, int]:
+    """`llm=2,speech=2`: processes per model service (the orchestrator routes over them)."""
+    from apps.launcher import MODEL_SERVICES
+
+    counts = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, count = item.partition("=")
+        name = name.strip()
+        if name not in MODEL_SERVICES:
+            raise argparse.ArgumentTypeError(f"unknown service {name!r}; choose from {', '.join(MODEL_SERVICES)}")
+        try:
+            counts[name] = int(count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: write SERVICE=COUNT, e.g. llm=2") from None
+        if not 1 <= counts[name] <= 16:
+            raise argparse.ArgumentTypeError(f"{item!r}: a count is between 1 and 16")
+    return counts
 
 
 def served_weights(args, environ=os.environ) -> str:
@@ -194,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--services", type=_model_services, default=None,
                     help="the model services to run, comma-separated (default: llm,speech,audio,vision; "
                          "without audio or vision the API refuses spoken input or images)")
+    up.add_argument("--replicas", type=_replica_counts, default=None,
+                    help="processes per model service, e.g. llm=2,speech=2 (default 1 each); the orchestrator "
+                         "routes sessions to LLM replicas by affinity and other calls to the less busy of two")
     up.add_argument("--gateway-port", type=int, default=None,
                     help="port of the OpenAI-compatible gateway (default 8080, any free port with --port 0; "
                          "0 = any free port, -1 = no gateway)")

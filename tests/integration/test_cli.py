@@ -17,7 +17,7 @@ import soundfile
 from PIL import Image
 
 from apps.chat import SpokenInput, run_turn
-from apps.cli import build_parser, served_weights
+from apps.cli import _stack_config, build_parser, served_weights
 from apps.launcher import Stack, StackConfig
 
 
@@ -133,6 +133,17 @@ def test_vita_up_names_the_checkpoint_it_serves():
     assert "RANDOM" not in from_env and "/models/VITA-1.5" in from_env
     flag = served_weights(build_parser().parse_args(["up", "--checkpoint", "/ckpt"]), {})
     assert "RANDOM" not in flag and "/ckpt" in flag
+
+
+def test_vita_up_replicas_reach_the_stack_config(capsys):
+    args = build_parser().parse_args(["up", "--replicas", "llm=2, speech=3"])
+    assert _stack_config(args, None).replicas == {"llm": 2, "speech": 3}
+    assert _stack_config(build_parser().parse_args(["up"]), None).replicas == {}
+    for bad, says in (("gpu=2", "unknown service"), ("llm", "SERVICE=COUNT"), ("llm=0", "between 1 and 16")):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args(["up", "--replicas", bad])
+        assert refused.value.code == 2
+        assert says in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("log_to_dir", [True, False], ids=["log-dir", "terminal"])
